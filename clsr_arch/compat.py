@@ -1,0 +1,155 @@
+"""Fixes for basicsr 1.4.2 on today's torch/torchvision and on CPU, applied at import time.
+
+``clsr_arch/__init__.py`` imports this module before anything from basicsr. Nothing in
+site-packages is edited: each fix replaces one name in one basicsr module, and each is tested
+in ``tests/test_compat.py`` by a test that fails without it.
+
+1. ``import basicsr`` fails with ``ModuleNotFoundError: torchvision.transforms.functional_tensor``
+   (torchvision removed that private module; basicsr.data.degradations imports
+   ``rgb_to_grayscale`` from it). Fix: register a tiny alias module exposing that function.
+2. Resuming (``--auto_resume`` or ``path.resume_state``) crashes without CUDA:
+   ``load_resume_state`` calls ``torch.cuda.current_device()`` and maps storages to CUDA; and
+   auto-resume looks for ``experiments/<name>`` relative to the current directory rather than
+   the project root. Fix: :func:`load_resume_state` below, which also loads with
+   ``weights_only=True`` and skips a damaged newest state instead of crashing on it.
+3. The pytorch DDP launcher calls ``torch.cuda.set_device`` and uses nccl, and
+   ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]``: both fail
+   on a CPU machine. Fix: gloo and no device ids when CUDA is absent, so
+   ``torchrun --nproc_per_node=2 clsr_arch/train.py --launcher pytorch`` works on CPU.
+4. Network (``.pth``) and training-state (``.state``) checkpoints are written in place, so a
+   kill during a save leaves a truncated file that auto-resume then picks. Fix: basicsr's
+   ``base_model`` module sees a ``torch`` whose ``save`` is :func:`atomic_save` (temp file,
+   fsync, rename) and whose ``load`` is :func:`safe_load` (``weights_only=True``, clear errors).
+"""
+import os
+import os.path as osp
+import sys
+import types
+
+import torch
+import torchvision.transforms.functional as _tv_functional
+
+from clsr_arch.utils.checkpoint import atomic_save, is_loadable, safe_load
+
+
+# --- fix 1: torchvision.transforms.functional_tensor ----------------------------------------
+def _install_functional_tensor_alias():
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules:
+        return
+    try:
+        __import__(name)  # an old torchvision still has it
+        return
+    except ImportError:
+        pass
+    alias = types.ModuleType(name)
+    alias.rgb_to_grayscale = _tv_functional.rgb_to_grayscale
+    alias.__doc__ = 'clsr_arch.compat alias: the module torchvision removed, for basicsr 1.4.2.'
+    sys.modules[name] = alias
+
+
+_install_functional_tensor_alias()
+
+import basicsr.models.base_model as _base_model  # noqa: E402  (needs fix 1 first)
+import basicsr.train as _bsr_train  # noqa: E402
+import basicsr.utils.dist_util as _dist_util  # noqa: E402
+import basicsr.utils.options as _bsr_options  # noqa: E402
+from basicsr.utils import check_resume, get_root_logger, scandir  # noqa: E402
+
+
+# --- fix 2: resuming without CUDA, from the project root ----------------------------------
+def _state_dir(opt):
+    root = opt.get('root_path') or os.getcwd()
+    return osp.join(root, 'experiments', opt['name'], 'training_states')
+
+
+def latest_resume_state(state_dir):
+    """Path of the newest ``<iter>.state`` in ``state_dir`` that loads completely, or None."""
+    if not osp.isdir(state_dir):
+        return None
+    iters = sorted((int(v[:-len('.state')]) for v in scandir(state_dir, suffix='.state', recursive=False)
+                    if v[:-len('.state')].isdigit()),
+                   reverse=True)
+    for it in iters:
+        path = osp.join(state_dir, f'{it}.state')
+        if is_loadable(path):
+            return path
+        get_root_logger().warning(f'Skipping damaged training state {path}')
+    return None
+
+
+def load_resume_state(opt):
+    """Drop-in for ``basicsr.train.load_resume_state`` that works on CPU and from any cwd."""
+    if opt['auto_resume']:
+        resume_state_path = latest_resume_state(_state_dir(opt))
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
+    else:
+        resume_state_path = opt['path'].get('resume_state')
+    if resume_state_path is None:
+        return None
+    device = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else 'cpu'
+    resume_state = safe_load(resume_state_path, map_location=device)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+_bsr_train.load_resume_state = load_resume_state
+
+
+# --- fix 3: DDP on CPU (gloo) ------------------------------------------------------------------
+_orig_init_dist = _dist_util.init_dist
+
+
+def init_dist(launcher, backend='nccl', **kwargs):
+    """``basicsr.utils.dist_util.init_dist`` that falls back to gloo when CUDA is absent."""
+    if not torch.cuda.is_available():
+        if launcher != 'pytorch':
+            raise RuntimeError(f'launcher {launcher!r} needs CUDA; use --launcher pytorch on CPU')
+        import torch.distributed as dist
+        dist.init_process_group(backend='gloo', **kwargs)
+        return
+    _orig_init_dist(launcher, backend, **kwargs)
+
+
+_dist_util.init_dist = init_dist
+_bsr_options.init_dist = init_dist  # options.py bound the name at import time
+
+_orig_model_to_device = _base_model.BaseModel.model_to_device
+
+
+def model_to_device(self, net):
+    """``BaseModel.model_to_device`` without ``torch.cuda.current_device()`` on CPU."""
+    if self.opt['dist'] and self.device.type == 'cpu':
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(
+            net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    return _orig_model_to_device(self, net)
+
+
+_base_model.BaseModel.model_to_device = model_to_device
+
+
+# --- fix 4: atomic checkpoint writes, safe loads ------------------------------------------
+class _TorchForBaseModel(types.ModuleType):
+    """``torch`` as basicsr's base_model sees it: atomic ``save``, weights-only ``load``."""
+
+    def __init__(self):
+        super().__init__('torch')
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, f, *args, **kwargs):
+        atomic_save(obj, f)
+
+    @staticmethod
+    def load(f, map_location=None, **kwargs):
+        return safe_load(f, map_location=map_location or 'cpu')
+
+
+_base_model.torch = _TorchForBaseModel()
+
+APPLIED = ('functional_tensor alias', 'load_resume_state on CPU from root', 'gloo DDP on CPU',
+           'atomic checkpoints + weights_only loads')

@@ -1,0 +1,18 @@
+"""Test with BasicSR's own pipeline: ``python clsr_arch/test.py -opt options/test/<yml>``."""
+import os.path as osp
+import sys
+
+if __package__ in (None, ''):  # run as a script: make the repo importable
+    sys.path.insert(0, osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))
+
+import clsr_arch  # noqa: E402,F401  (compat fixes + registrations, before basicsr runs)
+from basicsr.test import test_pipeline  # noqa: E402
+
+
+def main():
+    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    test_pipeline(root_path)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny real datasets made at test time from ../shared/data (never downloaded)."""
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import clsr_arch  # noqa: F401  (compat + registries)
+from basicsr.utils.matlab_functions import imresize
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
+SHARED_DATA = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data'))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', default=False, help='run tests marked slow')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long-running (run with --runslow)')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--runslow'):
+        return
+    skip = pytest.mark.skip(reason='slow: run with --runslow (make test-all)')
+    for item in items:
+        if 'slow' in item.keywords:
+            item.add_marker(skip)
+
+
+def shared(*parts):
+    path = osp.join(SHARED_DATA, *parts)
+    if not osp.exists(path):
+        pytest.skip(f'{path} missing: ../shared/data must sit beside the repository')
+    return path
+
+
+def bicubic_lr(hr_bgr_uint8, scale):
+    """LR the paper's way: MATLAB-compatible bicubic (BasicSR's imresize), uint8 round trip."""
+    lr = imresize(hr_bgr_uint8.astype(np.float32) / 255., 1 / scale)
+    return np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope='session')
+def tiny_pairs(tmp_path_factory):
+    """HR/LR x4 folders: 96x96 HR crops of Set5 images (LR 24x24), same file names."""
+    root = tmp_path_factory.mktemp('tiny_pairs')
+    hr_dir, lr_dir = root / 'HR', root / 'LR'
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    src = shared('Set5', 'HR')
+    for name in sorted(os.listdir(src))[:4]:
+        img = cv2.imread(osp.join(src, name), cv2.IMREAD_COLOR)
+        h, w = img.shape[:2]
+        crop = img[h // 2 - 48:h // 2 + 48, w // 2 - 48:w // 2 + 48]
+        cv2.imwrite(str(hr_dir / name), crop)
+        cv2.imwrite(str(lr_dir / name), bicubic_lr(crop, 4))
+    return root
