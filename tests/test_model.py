@@ -1,0 +1,226 @@
+"""Unit tests of CLSRModel (clsr_arch/models/clsr_model.py) and the lambda schedule.
+
+Tiny networks on tiny real LR images (Set5, MATLAB-bicubic x4): every test runs in well under
+a second or two on 2 CPU cores.
+"""
+import math
+import os.path as osp
+from copy import deepcopy
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import clsr_arch  # noqa: F401
+from basicsr.archs import build_network
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.models import build_model
+from basicsr.utils import img2tensor, tensor2img
+from clsr_arch.models.clsr_model import MetricAverager, run_backbone
+from clsr_arch.models.lambda_schedule import LambdaSchedule
+
+from conftest import bicubic_lr, shared
+
+SCALE = 4
+TINY_SRRESNET = {'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
+TINY_SWINIR = {'type': 'SwinIR', 'upscale': SCALE, 'in_chans': 3, 'img_size': 8, 'window_size': 4,
+               'img_range': 1., 'depths': [1], 'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2,
+               'upsampler': 'pixelshuffledirect'}
+METRICS = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': True},
+           'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': True}}
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_opt(tmp_path, network_g, mode, pretrain=None, **val):
+    """The dict BasicSR's parse_options builds for a test run (is_train False, one process)."""
+    return {
+        'name': 'unit', 'model_type': 'CLSRModel', 'scale': SCALE, 'num_gpu': 0, 'is_train': False,
+        'dist': False, 'rank': 0, 'world_size': 1, 'network_g': deepcopy(network_g),
+        'path': {'pretrain_network_g': pretrain, 'strict_load_g': True, 'param_key_g': 'params',
+                 'results_root': str(tmp_path / 'results'), 'visualization': str(tmp_path / 'vis')},
+        'val': {'mode': mode, 'save_img': False, 'metrics': deepcopy(METRICS), **val},
+    }
+
+
+def lr_hr(name, hr_size):
+    """A centred HR crop of a Set5 image and its bicubic x4 LR, both as [1, 3, h, w] tensors."""
+    img = cv2.imread(shared('Set5', 'HR', name), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    hh, ww = hr_size
+    hr = img[(h - hh) // 2:(h - hh) // 2 + hh, (w - ww) // 2:(w - ww) // 2 + ww]
+    lr = bicubic_lr(hr, SCALE)
+    to_t = lambda a: img2tensor(a.astype(np.float32) / 255., bgr2rgb=True, float32=True).unsqueeze(0)  # noqa
+    return to_t(lr), to_t(hr)
+
+
+def grid(h, w, roi):
+    return torch.tensor([[x, y, roi, roi] for y in range(0, h - roi + 1, roi) for x in range(0, w - roi + 1, roi)])
+
+
+def val_item(name, hr_size, roi):
+    lq, gt = lr_hr(name, hr_size)
+    return {'lq': lq, 'gt': gt, 'rois': grid(lq.shape[-2], lq.shape[-1], roi).unsqueeze(0),
+            'lq_path': [f'/x/{name}'], 'gt_path': [f'/x/{name}']}
+
+
+class FakeLoader(list):
+    """What nondist_validation needs of a dataloader: iteration, len, dataset.opt['name']."""
+
+    class _DS:
+        opt = {'name': 'fake'}
+
+    dataset = _DS()
+
+
+def saved_plain_net(tmp_path, net_opt, seed=0):
+    torch.manual_seed(seed)
+    net = build_network(deepcopy(net_opt))
+    path = str(tmp_path / f'{net_opt["type"]}.pth')
+    torch.save({'params': net.state_dict()}, path)
+    return net.eval(), path
+
+
+# ----------------------------------------------------------------------------- lambda schedule
+def test_lambda_cosine_linear_constant_values():
+    cos = LambdaSchedule('cosine', 0.5, 0.0, 100)
+    assert cos(0) == 0.5
+    assert cos(50) == pytest.approx(0.25, abs=1e-12)
+    assert cos(25) == pytest.approx(0.25 * (1 + math.cos(math.pi / 4)), abs=1e-12)
+    assert cos(100) == 0.0 and cos(1000) == 0.0  # exact zero: the PIM head is then skipped
+    lin = LambdaSchedule('linear', 0.5, 0.0, 100)
+    assert lin(25) == pytest.approx(0.375) and lin(100) == 0.0 and lin(150) == 0.0
+    lin_up = LambdaSchedule('linear', 0.1, 0.8, 10)
+    assert lin_up(5) == pytest.approx(0.45)
+    const = LambdaSchedule('constant', 0.5)
+    assert const(0) == const(10 ** 6) == 0.5
+    # a resumed run continues: the schedule is a pure function of the absolute iteration
+    values = [cos(t) for t in range(101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_lambda_from_opt_defaults_and_errors():
+    sched = LambdaSchedule.from_opt({'type': 'linear', 'start': 0.5, 'end': 0.0}, total_iter=40)
+    assert sched.periods == 40 and sched(20) == pytest.approx(0.25)
+    assert LambdaSchedule.from_opt(None, total_iter=10)(5) == pytest.approx(0.25)  # paper default
+    with pytest.raises(ValueError, match='type'):
+        LambdaSchedule('exp', 0.5, 0.0, 10)
+    with pytest.raises(ValueError, match='periods'):
+        LambdaSchedule('cosine', 0.5, 0.0, None)
+    with pytest.raises(ValueError, match='unknown keys'):
+        LambdaSchedule.from_opt({'type': 'cosine', 'period': 10}, total_iter=10)
+    with pytest.raises(ValueError, match='>= 0'):
+        LambdaSchedule('constant', -1)
+
+
+# ----------------------------------------------------------------------------- metric averaging
+def test_metric_averager_over_rois_and_inf():
+    avg = MetricAverager(['psnr'])
+    for v in (30., 20., 40., float('inf')):
+        avg.add({'psnr': v})
+    assert avg.num_rois == 4 and avg.num_inf['psnr'] == 1
+    assert avg.means()['psnr'] == pytest.approx(30.)
+
+
+def test_validation_averages_over_all_rois_not_images(tmp_path):
+    """Two images with 6 and 2 ROIs: the dataset PSNR is the mean of the 8 ROI PSNRs."""
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
+    items = [val_item('baby.png', (96, 144), 12), val_item('bird.png', (48, 96), 12)]
+    model.nondist_validation(FakeLoader(items), 1, None, save_img=False)
+
+    net = model.net_g
+    per_roi, per_image = {'psnr': [], 'ssim': []}, []
+    for it in items:
+        with torch.no_grad():
+            sr = tensor2img([net(it['lq'])])
+        gt = tensor2img([it['gt']])
+        img_psnr = []
+        for x, y, w, h in it['rois'][0].tolist():
+            a, b = sr[4 * y:4 * (y + h), 4 * x:4 * (x + w)], gt[4 * y:4 * (y + h), 4 * x:4 * (x + w)]
+            per_roi['psnr'].append(calculate_psnr(a, b, 0, test_y_channel=True))
+            per_roi['ssim'].append(calculate_ssim(a, b, 0, test_y_channel=True))
+            img_psnr.append(per_roi['psnr'][-1])
+        per_image.append(np.mean(img_psnr))
+    assert len(per_roi['psnr']) == 8 and model.num_rois == 8
+    assert model.metric_results['psnr'] == pytest.approx(np.mean(per_roi['psnr']), abs=1e-9)
+    assert model.metric_results['ssim'] == pytest.approx(np.mean(per_roi['ssim']), abs=1e-9)
+    assert abs(np.mean(per_image) - np.mean(per_roi['psnr'])) > 1e-3  # the two averages differ here
+    assert model.best_metric_results['fake']['psnr']['iter'] == 1
+    assert 5 < model.metric_results['psnr'] < 40  # a random tiny net is poor but finite
+
+
+# ----------------------------------------------------------------------------- baselines
+def test_post_crop_equals_cropping_whole_image_output(tmp_path):
+    net, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
+    model.feed_data(val_item('head.png', (96, 96), 8))
+    model.test()
+    with torch.no_grad():
+        full = net(model.lq)
+    assert torch.equal(model.output, full)  # the grid covers the whole image
+    x, y, w, h = model.rois[4].tolist()
+    assert torch.equal(model.roi_outputs[4], full[0, :, 4 * y:4 * (y + h), 4 * x:4 * (x + w)])
+
+
+def test_pre_crop_runs_on_roi_alone_with_mirrored_padding(tmp_path):
+    net, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    item = val_item('head.png', (96, 96), 8)
+    lq = item['lq']
+    for pad in (0, 3):
+        model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'pre_crop', pretrain=path, pre_crop_pad=pad))
+        model.feed_data(item)
+        model.test()
+        # ROI (8, 0): at the top border the padding rows are mirrored, inside it is real context
+        x, y = 8, 0
+        i = model.rois.tolist().index([x, y, 8, 8])
+        padded = torch.nn.functional.pad(lq, (pad, pad, pad, pad), mode='reflect') if pad else lq
+        crop = padded[..., y:y + 8 + 2 * pad, x:x + 8 + 2 * pad]
+        with torch.no_grad():
+            ref = net(crop)[0, :, 4 * pad:4 * (pad + 8), 4 * pad:4 * (pad + 8)]
+        assert torch.allclose(model.roi_outputs[i], ref, atol=1e-6)
+    # pre-crop loses context: its ROIs differ from post-crop's
+    post = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
+    post.feed_data(item)
+    post.test()
+    assert (post.roi_outputs[i] - model.roi_outputs[i]).abs().max() > 1e-4
+
+
+def test_swinir_baselines_pad_to_window(tmp_path):
+    """SwinIR (window 4) on 6x6 ROIs and a 18x18 image: reflect-padded inside the runner."""
+    net, path = saved_plain_net(tmp_path, TINY_SWINIR)
+    item = val_item('butterfly.png', (72, 72), 6)
+    model = build_model(make_opt(tmp_path, TINY_SWINIR, 'post_crop', pretrain=path))
+    assert model.size_multiple == 4
+    model.feed_data(item)
+    model.test()
+    with torch.no_grad():
+        ref = net(torch.nn.functional.pad(model.lq, (0, 2, 0, 2), mode='reflect'))[..., :72, :72]
+    assert torch.allclose(model.output, ref, atol=1e-5)
+    pre = build_model(make_opt(tmp_path, TINY_SWINIR, 'pre_crop', pretrain=path, pre_crop_pad=1))
+    pre.feed_data(item)
+    pre.test()  # 6 + 2 = 8: already a multiple of 4
+    assert pre.output.shape == (1, 3, 72, 72) and torch.isfinite(pre.output).all()
+
+
+def test_run_backbone_checks_scale():
+    net = build_network(deepcopy(TINY_SRRESNET))
+    with pytest.raises(ValueError, match='scale'):
+        run_backbone(net, torch.rand(1, 3, 8, 8), 2)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_options_and_boxes(tmp_path):
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    with pytest.raises(ValueError, match='needs a CLSR network'):
+        build_model(make_opt(tmp_path, TINY_SRRESNET, 'clsr', pretrain=path))
+    with pytest.raises(ValueError, match='val.mode'):
+        build_model(make_opt(tmp_path, TINY_SRRESNET, 'precrop', pretrain=path))
+    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
+    item = val_item('head.png', (96, 96), 8)
+    item['rois'] = torch.tensor([[[20, 0, 8, 8]]])  # x + w = 28 > 24
+    with pytest.raises(ValueError, match=r'head\.png.*box 0'):
+        model.feed_data(item)
+    item.pop('rois')
+    with pytest.raises(ValueError, match='`roi` .*`rois`'):
+        model.feed_data(item)
