@@ -1,4 +1,5 @@
 """Test with BasicSR's own pipeline: ``python clsr_arch/test.py -opt options/test/<yml>``."""
+import os
 import os.path as osp
 import sys
 
@@ -10,7 +11,9 @@ from basicsr.test import test_pipeline  # noqa: E402
 
 
 def main():
-    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    # experiments/, tb_logger/ and results/ go under the repo root, as in BasicSR and HAT;
+    # CLSR_ROOT moves them elsewhere (the tests use it to keep the checkout clean).
+    root_path = os.environ.get('CLSR_ROOT') or osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
     test_pipeline(root_path)
 
 

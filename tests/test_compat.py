@@ -1,0 +1,167 @@
+"""Each fix in clsr_arch/compat.py, tested so that the test fails without the fix."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import clsr_arch.compat as compat
+from clsr_arch.utils.checkpoint import CheckpointError, atomic_save, safe_load
+from conftest import REPO
+
+
+def _python(code, **kw):
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+# 1. torchvision.transforms.functional_tensor -----------------------------------------------
+def test_plain_basicsr_import_is_broken_on_this_torchvision():
+    """The symptom the fix cures (if this starts passing, the fix can go)."""
+    proc = _python('import basicsr')
+    assert proc.returncode != 0 and 'functional_tensor' in proc.stderr
+
+
+def test_basicsr_imports_after_compat():
+    proc = _python("""
+        import clsr_arch.compat
+        import basicsr, basicsr.data.degradations as d, torch
+        g = d.rgb_to_grayscale(torch.ones(1, 3, 4, 4))
+        assert g.shape == (1, 1, 4, 4) and abs(float(g.mean()) - 1) < 1e-3
+    """)
+    assert proc.returncode == 0, proc.stderr
+
+
+# 2. resume on CPU, from the project root --------------------------------------------------
+def _fake_experiment(root, name, iters, damaged=()):
+    exp = osp.join(root, 'experiments', name)
+    os.makedirs(osp.join(exp, 'training_states'))
+    os.makedirs(osp.join(exp, 'models'))
+    opt_sd = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    for it in iters:
+        atomic_save({'epoch': 0, 'iter': it, 'optimizers': [opt_sd], 'schedulers': []},
+                    osp.join(exp, 'training_states', f'{it}.state'))
+        atomic_save({'params': {}}, osp.join(exp, 'models', f'net_g_{it}.pth'))
+    for it in damaged:  # what a kill during an in-place torch.save leaves behind
+        with open(osp.join(exp, 'training_states', f'{it}.state'), 'wb') as f:
+            f.write(b'PK\x03\x04truncated')
+    return exp
+
+
+def _opt(root, name, auto_resume, resume_state=None):
+    exp = osp.join(root, 'experiments', name)
+    return {'name': name, 'root_path': root, 'auto_resume': auto_resume, 'network_g': {'type': 'MSRResNet'},
+            'path': {'resume_state': resume_state, 'models': osp.join(exp, 'models'), 'pretrain_network_g': None}}
+
+
+def test_auto_resume_finds_states_under_root_from_another_cwd_on_cpu(tmp_path, monkeypatch):
+    import basicsr.train
+    root = str(tmp_path / 'project')
+    _fake_experiment(root, 'exp', iters=[2, 4], damaged=[6])
+    monkeypatch.chdir(tmp_path)  # not the project root: basicsr looked in ./experiments
+    opt = _opt(root, 'exp', auto_resume=True)
+    state = basicsr.train.load_resume_state(opt)
+    assert state is not None and state['iter'] == 4  # newest *complete* state, damaged 6 skipped
+    assert opt['path']['pretrain_network_g'].endswith(osp.join('models', 'net_g_4.pth'))
+
+
+def test_explicit_resume_state_loads_without_cuda(tmp_path):
+    import basicsr.train
+    root = str(tmp_path)
+    exp = _fake_experiment(root, 'exp', iters=[2])
+    opt = _opt(root, 'exp', auto_resume=False, resume_state=osp.join(exp, 'training_states', '2.state'))
+    assert not torch.cuda.is_available()
+    state = basicsr.train.load_resume_state(opt)  # basicsr: torch.cuda.current_device() -> error
+    assert state['iter'] == 2 and state['optimizers'][0]['param_groups'][0]['lr'] == 1e-3
+
+
+# 3. DDP launcher on CPU ------------------------------------------------------------------------
+DDP_PROBE = """
+import os, sys, torch
+sys.path.insert(0, {repo!r})
+import clsr_arch
+from basicsr.utils import options
+from basicsr.models.base_model import BaseModel
+options.init_dist('pytorch')            # basicsr: torch.cuda.set_device + nccl
+rank = torch.distributed.get_rank()
+model = BaseModel({{'num_gpu': 0, 'is_train': True, 'dist': True}})
+torch.manual_seed(0)
+net = model.model_to_device(torch.nn.Linear(2, 1, bias=False))  # basicsr: cuda.current_device()
+net(torch.full((1, 2), float(rank + 1))).sum().backward()
+with open(os.path.join({out!r}, f'rank{{rank}}.txt'), 'w') as f:  # all-reduced mean over ranks
+    f.write(str(net.module.weight.grad.tolist()))
+torch.distributed.destroy_process_group()
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_on_cpu_uses_gloo(tmp_path):
+    probe = tmp_path / 'probe.py'
+    probe.write_text(DDP_PROBE.format(repo=REPO, out=str(tmp_path)))
+    torchrun = osp.join(osp.dirname(sys.executable), 'torchrun')
+    proc = subprocess.run([torchrun, '--nproc_per_node=2', '--master_addr=127.0.0.1', f'--master_port={_free_port()}',
+                           str(probe)], capture_output=True, text=True, timeout=180, env=dict(os.environ,
+                                                                                            OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grads = [(tmp_path / f'rank{r}.txt').read_text() for r in (0, 1)]
+    assert grads == ['[[1.5, 1.5]]'] * 2  # mean of the ranks' inputs 1 and 2: gradients were all-reduced
+
+
+# 4. atomic checkpoint writes ---------------------------------------------------------------
+def _write_half_then_die(obj, f, *args, **kwargs):
+    """Stands in for a process killed in the middle of torch.save."""
+    if isinstance(f, (str, os.PathLike)):
+        f = open(f, 'wb')
+    f.write(b'PK\x03\x04half a checkpoint')
+    f.flush()
+    raise OSError('killed mid-save')
+
+
+def test_interrupted_save_network_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import basicsr.models.base_model as base_model
+    model = base_model.BaseModel({'num_gpu': 0, 'is_train': True, 'dist': False,
+                                  'path': {'models': str(tmp_path)}})
+    net = torch.nn.Linear(2, 2)
+    model.save_network(net, 'net_g', 2)
+    good = safe_load(str(tmp_path / 'net_g_2.pth'))['params']
+
+    monkeypatch.setattr(torch, 'save', _write_half_then_die)
+    monkeypatch.setattr(base_model.time, 'sleep', lambda s: None)  # basicsr retries 3 times
+    with torch.no_grad():
+        net.weight.add_(1)
+    model.save_network(net, 'net_g', 2)  # basicsr logs the failure and goes on
+
+    kept = safe_load(str(tmp_path / 'net_g_2.pth'))['params']  # still the complete old file
+    assert torch.equal(kept['weight'], good['weight'])
+    assert sorted(os.listdir(tmp_path)) == ['net_g_2.pth']  # no temporary left behind
+
+
+def test_base_model_loads_are_weights_only_with_clear_errors(tmp_path):
+    import basicsr.models.base_model as base_model
+    bad = tmp_path / 'net_g_9.pth'
+    bad.write_bytes(b'PK\x03\x04truncated')
+    model = base_model.BaseModel({'num_gpu': 0, 'is_train': False, 'dist': False})
+    with pytest.raises(CheckpointError, match='net_g_9.pth'):
+        model.load_network(torch.nn.Linear(2, 2), str(bad))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save({'params': Evil()}, evil)  # the real torch.save: monkeypatching is gone here
+    with pytest.raises(CheckpointError, match='evil.pth'):
+        model.load_network(torch.nn.Linear(2, 2), str(evil))
+
+
+def test_compat_lists_its_fixes():
+    assert len(compat.APPLIED) == 4
