@@ -1,0 +1,237 @@
+"""Stage adapters: every SR backbone seen as head -> stages -> tail (LocalSR paper Sec. 3.1,
+Fig. 3: "the base branch mirrors standard SR architectures ... enhancing the current feature at
+each stage by fusing features from the PIM and GCM"; Sec. 4.1: the GCM's extractor G "is based
+on the first few stages of each selected architecture").
+
+An adapter wraps a plain backbone module without copying it and exposes
+
+* ``head(x) -> state``: shallow feature extraction of an RGB input in [0, 1];
+* ``stage(i, state) -> state`` for ``i < num_stages``;
+* ``tail(state) -> image``: reconstruction/upsampler (plus the backbone's global skips);
+* ``state['feat']``: "the feature map after stage i" as ``[B, C, h, w]``, the tensor GCM and
+  PIM read and add into; other keys of ``state`` carry what the tail needs (input image,
+  shallow feature, CARN's cascade concatenation).
+
+``head`` + all stages + ``tail`` reproduces the backbone's own ``forward`` exactly (tested), so a
+plain checkpoint in ``net.base`` gives the plain backbone's output when nothing is injected.
+
+Per backbone the adapter also states ``multiple`` (input size constraint: SwinIR's window),
+``group`` (channel granularity a slim PIM must respect) and ``defaults`` -- the CLSR settings
+(``roi_pad``, ``gcm.num_windows``, ``gcm.stage``) chosen so that the x4 FLOPs at the paper's
+24x24 ROI stay within Table 1's "Ours" (see docs/architecture.md for the measured numbers).
+"""
+import torch
+from torch.nn import functional as F
+
+from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.srresnet_arch import MSRResNet
+from basicsr.archs.swinir_arch import SwinIR
+
+from .carn_arch import CARN, CARN_M
+
+
+class StageAdapter:
+    """Base class; see the module docstring. Holds the backbone by reference (not as a
+    submodule) so that parameters keep their plain-backbone names under ``net.base``."""
+
+    multiple = 1
+    group = 1
+    # chosen per backbone from FLOPs measurements (docs/architecture.md)
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 64, 'stage': 2}}
+
+    def __init__(self, net):
+        self.net = net  # a plain object's attribute: never registered as a child module
+
+    @property
+    def scale(self):
+        return int(self.net.upscale)
+
+    num_feat = None
+    num_stages = None
+
+    def head(self, x):
+        raise NotImplementedError
+
+    def stage(self, i, state):
+        raise NotImplementedError
+
+    def tail(self, state):
+        raise NotImplementedError
+
+    def run(self, x):
+        """The backbone's forward through the adapter (head, every stage, tail)."""
+        state = self.head(x)
+        for i in range(self.num_stages):
+            state = self.stage(i, state)
+        return self.tail(state)
+
+
+class MSRResNetAdapter(StageAdapter):
+    """SRResNet (BasicSR ``MSRResNet``): head = conv_first + LReLU, a stage = one residual
+    block of ``body``, tail = pixel-shuffle upsampler + conv_hr/conv_last + bilinear skip."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 64, 'stage': 1}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.num_feat = net.conv_first.out_channels
+        self.num_stages = len(net.body)
+
+    def head(self, x):
+        return {'x': x, 'feat': self.net.lrelu(self.net.conv_first(x))}
+
+    def stage(self, i, state):
+        return {**state, 'feat': self.net.body[i](state['feat'])}
+
+    def tail(self, state):
+        n, out = self.net, state['feat']
+        if n.upscale == 4:
+            out = n.lrelu(n.pixel_shuffle(n.upconv1(out)))
+            out = n.lrelu(n.pixel_shuffle(n.upconv2(out)))
+        else:
+            out = n.lrelu(n.pixel_shuffle(n.upconv1(out)))
+        out = n.conv_last(n.lrelu(n.conv_hr(out)))
+        return out + F.interpolate(state['x'], scale_factor=n.upscale, mode='bilinear', align_corners=False)
+
+
+class RCANAdapter(StageAdapter):
+    """RCAN: head = mean shift + conv_first, a stage = one residual group (20 RCABs + conv),
+    tail = conv_after_body + long skip, upsampler, conv_last, mean shift back.
+
+    Defaults: ``roi_pad 0`` (a 26x26 base already costs 1.17x the 18.38 GFLOPs pre-crop, more
+    than Table 1's 19.41 allows) and ``gcm.stage 0`` (one residual group on N=64 windows of
+    36 pixels costs ~6.8 GFLOPs; the head alone is ~8 MFLOPs)."""
+
+    defaults = {'roi_pad': 0, 'gcm': {'num_windows': 64, 'stage': 0}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.num_feat = net.conv_first.out_channels
+        self.num_stages = len(net.body)
+
+    @property
+    def scale(self):
+        return _upsample_scale(self.net.upsample)
+
+    def head(self, x):
+        n = self.net
+        mean = n.mean.type_as(x)
+        shallow = n.conv_first((x - mean) * n.img_range)
+        return {'shallow': shallow, 'feat': shallow}
+
+    def stage(self, i, state):
+        return {**state, 'feat': self.net.body[i](state['feat'])}
+
+    def tail(self, state):
+        n = self.net
+        res = n.conv_after_body(state['feat']) + state['shallow']
+        x = n.conv_last(n.upsample(res))
+        return x / n.img_range + n.mean.type_as(x)
+
+
+def _upsample_scale(upsample):
+    """Scale of a BasicSR ``Upsample`` (sequence of conv + PixelShuffle)."""
+    scale = 1
+    for m in upsample:
+        if isinstance(m, torch.nn.PixelShuffle):
+            scale *= m.upscale_factor
+    return scale
+
+
+class CARNAdapter(StageAdapter):
+    """CARN / CARN-M (``carn_arch``): head = sub_mean + entry, stage i = cascading block b_i +
+    global 1x1 fusion c_i (the state also carries the cascade concatenation), tail = upsample,
+    exit, add_mean. ``group`` = the backbone's group count (CARN-M: 4).
+
+    Defaults: roi_pad 2 with ``gcm.stage 1`` fits CARN-M's 1.63 GFLOPs budget."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 64, 'stage': 1}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.num_feat = net.entry.out_channels
+        self.num_stages = 3
+        self.group = net.b1.b1.body[0].groups if isinstance(net, CARN_M) else 1
+
+    def head(self, x):
+        feat = self.net.entry(self.net.sub_mean(x))
+        return {'cat': feat, 'feat': feat}
+
+    def stage(self, i, state):
+        block = getattr(self.net, f'b{i + 1}')
+        fuse = getattr(self.net, f'c{i + 1}')
+        cat = torch.cat([state['cat'], block(state['feat'])], dim=1)
+        return {'cat': cat, 'feat': fuse(cat)}
+
+    def tail(self, state):
+        n = self.net
+        return n.add_mean(n.exit(n.upsample(state['feat'])))
+
+
+class SwinIRAdapter(StageAdapter):
+    """SwinIR: head = mean shift + conv_first (+ the patch-embedding LayerNorm), a stage = one
+    RSTB run on tokens (the adapter converts ``[B, C, h, w]`` <-> tokens around it), tail =
+    final LayerNorm, conv_after_body + long skip, the upsampler (pixelshuffle or
+    pixelshuffledirect), mean shift back. ``multiple`` = window size: inputs must be padded to
+    it (CLSR pads the ROI with real context, then crops).
+
+    Defaults: roi_pad 0 (a 24x24 ROI already is a multiple of the window 8; the next size, 32,
+    costs 1.8x), gcm.stage 0 (one RSTB on 64 windows costs ~2 GFLOPs lightweight, ~16 classic)."""
+
+    defaults = {'roi_pad': 0, 'gcm': {'num_windows': 64, 'stage': 0}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        if net.upsampler not in ('pixelshuffle', 'pixelshuffledirect'):
+            raise ValueError(f'CLSR supports SwinIR with upsampler pixelshuffle or pixelshuffledirect '
+                             f'(x{net.upscale} SR), got {net.upsampler!r}')
+        if net.ape:
+            raise ValueError('CLSR: SwinIR with ape=True (absolute position embedding of a fixed '
+                             'img_size) cannot run on ROIs of arbitrary size')
+        self.num_feat = net.embed_dim
+        self.num_stages = len(net.layers)
+        self.multiple = net.layers[0].residual_group.blocks[0].window_size
+
+    def head(self, x):
+        n = self.net
+        mean = n.mean.type_as(x)
+        shallow = n.conv_first((x - mean) * n.img_range)
+        tokens = n.pos_drop(n.patch_embed(shallow))  # LayerNorm over channels
+        return {'shallow': shallow, 'feat': _to_map(tokens, shallow.shape[2:])}
+
+    def stage(self, i, state):
+        feat = state['feat']
+        size = tuple(feat.shape[2:])
+        tokens = self.net.layers[i](feat.flatten(2).transpose(1, 2), size)
+        return {**state, 'feat': _to_map(tokens, size)}
+
+    def tail(self, state):
+        n = self.net
+        feat = state['feat']
+        size = tuple(feat.shape[2:])
+        body = n.patch_unembed(n.norm(feat.flatten(2).transpose(1, 2)), size)
+        x = n.conv_after_body(body) + state['shallow']
+        if n.upsampler == 'pixelshuffle':
+            x = n.conv_last(n.upsample(n.conv_before_upsample(x)))
+        else:
+            x = n.upsample(x)
+        return x / n.img_range + n.mean.type_as(x)
+
+
+def _to_map(tokens, size):
+    b, _, c = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, c, size[0], size[1])
+
+
+# CARN_M before CARN: CARN_M subclasses CARN's base but not CARN, order only matters for clarity
+ADAPTERS = ((MSRResNet, MSRResNetAdapter), (RCAN, RCANAdapter), (CARN_M, CARNAdapter),
+            (CARN, CARNAdapter), (SwinIR, SwinIRAdapter))
+
+
+def get_adapter(net):
+    """The stage adapter for a built backbone module; ``ValueError`` for unsupported types."""
+    for cls, adapter in ADAPTERS:
+        if type(net) is cls:
+            return adapter(net)
+    names = ', '.join(cls.__name__ for cls, _ in ADAPTERS)
+    raise ValueError(f'CLSR has no stage adapter for backbone type {type(net).__name__!r}; supported: {names}')
