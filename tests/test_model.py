@@ -224,3 +224,104 @@ def test_bad_options_and_boxes(tmp_path):
     item.pop('rois')
     with pytest.raises(ValueError, match='`roi` .*`rois`'):
         model.feed_data(item)
+
+
+# ----------------------------------------------------------------------------- with the CLSR network
+def tiny_clsr(pretrain):
+    return {'type': 'CLSR', 'backbone': deepcopy(TINY_SRRESNET), 'gcm': {'num_windows': 4, 'heads': 2},
+            'pim': {'ratio': 0.25}, 'pretrain_backbone': pretrain}
+
+
+def test_clsr_at_init_reproduces_pre_crop_with_padding_metrics(tmp_path):
+    """CLSR built on a plain checkpoint (injections zero) == the pre-crop baseline of that
+    checkpoint with the same padding: same ROI images, same dataset metrics."""
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    items = [val_item('baby.png', (96, 144), 8), val_item('woman.png', (64, 96), 8)]
+    clsr = build_model(make_opt(tmp_path, tiny_clsr(path), 'clsr'))
+    pad = clsr.net_g.roi_pad
+    assert pad > 0 and clsr.pre_crop_pad == pad  # default pre-crop padding = CLSR's own
+    plain = build_model(make_opt(tmp_path, TINY_SRRESNET, 'pre_crop', pretrain=path, pre_crop_pad=pad))
+    for it in items:
+        for model in (clsr, plain):
+            model.feed_data(it)
+            model.test()
+        for a, b in zip(clsr.roi_outputs, plain.roi_outputs):
+            assert (a - b).abs().max() < 1e-5
+    clsr.nondist_validation(FakeLoader(items), 0, None, False)
+    plain.nondist_validation(FakeLoader(items), 0, None, False)
+    assert clsr.num_rois == plain.num_rois == 3 * 4 + 2 * 3
+    for k in METRICS:
+        assert clsr.metric_results[k] == pytest.approx(plain.metric_results[k], abs=1e-9)
+    # and without padding the baseline is measurably different (the padding matters)
+    nopad = build_model(make_opt(tmp_path, TINY_SRRESNET, 'pre_crop', pretrain=path, pre_crop_pad=0))
+    nopad.nondist_validation(FakeLoader(items), 0, None, False)
+    assert abs(nopad.metric_results['psnr'] - clsr.metric_results['psnr']) > 1e-4
+
+
+def train_opt(tmp_path, pretrain, schedule, ema_decay=0.):
+    opt = make_opt(tmp_path, tiny_clsr(pretrain), 'clsr')
+    opt['is_train'] = True
+    opt['train'] = {
+        'ema_decay': ema_decay, 'total_iter': 4,
+        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
+        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [4], 'restart_weights': [1], 'eta_min': 1e-7},
+        'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        'context_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        'lambda_schedule': schedule}
+    return opt
+
+
+def train_batch():
+    """Two 14x14 LR contexts with centred 12x12 ROIs, their HR ROIs and HR contexts (x4)."""
+    lqs, gts = zip(*(lr_hr(n, (56, 56)) for n in ('baby.png', 'bird.png')))
+    lq, gt_ctx = torch.cat(lqs), torch.cat(gts)
+    return {'lq': lq, 'roi': torch.tensor([[1, 1, 12, 12]] * 2), 'gt': gt_ctx[..., 4:52, 4:52],
+            'gt_context': gt_ctx, 'lq_path': ['a', 'b']}
+
+
+def test_training_loss_lambda_and_skipped_context(tmp_path):
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    model = build_model(train_opt(tmp_path, path, {'type': 'linear', 'start': 0.5, 'end': 0.0, 'periods': 2}))
+    net, batch = model.net_g, train_batch()
+    model.feed_data(batch)
+    assert model.boxes.tolist() == [[0, 1, 1, 12, 12], [1, 1, 1, 12, 12]]
+    with torch.no_grad():
+        sr, ctx = net(batch['lq'], model.boxes, return_context=True)
+    tail_before = [p.clone() for p in net.pim.tail.parameters()]
+    model.optimize_parameters(1)  # lambda(1) = 0.25
+    log = model.get_current_log()
+    assert log['lambda'] == pytest.approx(0.25)
+    assert log['l_pix'] == pytest.approx((sr - batch['gt']).abs().mean().item(), rel=1e-5)
+    assert log['l_context'] == pytest.approx((ctx - batch['gt_context']).abs().mean().item(), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(tail_before, net.pim.tail.parameters()))
+
+    # lambda(2) = 0: Y^_P is not computed at all, the PIM's HR head gets no gradient
+    def no_context(*args, **kwargs):
+        raise AssertionError('predict_context called with lambda == 0')
+    net.predict_context = no_context
+    tail_before = [p.clone() for p in net.pim.tail.parameters()]
+    model.feed_data(batch)
+    model.optimize_parameters(2)
+    log = model.get_current_log()
+    assert log['lambda'] == 0.0 and 'l_context' not in log and log['l_pix'] > 0
+    assert all(torch.equal(a, b) for a, b in zip(tail_before, net.pim.tail.parameters()))
+
+
+def test_training_ema_and_bad_batches(tmp_path):
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    model = build_model(train_opt(tmp_path, path, {'type': 'constant', 'start': 0.5}, ema_decay=0.5))
+    ema_before = {k: v.clone() for k, v in model.net_g_ema.state_dict().items()}
+    model.feed_data(train_batch())
+    model.optimize_parameters(1)
+    assert model.get_current_log()['lambda'] == 0.5
+    new = dict(model.net_g.named_parameters())
+    for k, p in model.net_g_ema.named_parameters():
+        assert torch.allclose(p, 0.5 * ema_before[k] + 0.5 * new[k], atol=1e-7)
+    bad = train_batch()
+    bad['roi'] = torch.tensor([[1, 1, 12, 12], [4, 4, 12, 12]])  # 4 + 12 > 14
+    with pytest.raises(ValueError, match='box 1'):
+        model.feed_data(bad)
+    with pytest.raises(ValueError, match='CLSRModel trains CLSR networks'):
+        opt = train_opt(tmp_path, None, None)
+        opt['network_g'] = deepcopy(TINY_SRRESNET)
+        build_model(opt)

@@ -36,6 +36,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from clsr_arch.archs import roi as roi_ops
+from clsr_arch.archs.backbone_adapters import get_adapter
 
 from .lambda_schedule import LambdaSchedule
 
@@ -57,12 +58,13 @@ def check_boxes(rois, lq_shape, where):
         raise ValueError(f'{where}: {err}') from None
 
 
-def size_multiple_from_opt(network_opt):
-    """Input-size multiple a backbone needs: SwinIR's ``window_size``, else 1."""
-    net_opt = network_opt.get('backbone', network_opt) if network_opt.get('type') == 'CLSR' else network_opt
-    if net_opt.get('type') == 'SwinIR':
-        return int(net_opt.get('window_size', 7))  # SwinIR's own default
-    return 1
+def size_multiple_of(backbone):
+    """Input-size multiple a plain backbone needs (SwinIR: its window), from its CLSR stage
+    adapter; 1 for archs without one (any convolutional BasicSR arch)."""
+    try:
+        return int(get_adapter(backbone).multiple)
+    except ValueError:
+        return 1
 
 
 def run_backbone(net, lq, scale, size_multiple=1):
@@ -126,14 +128,16 @@ class CLSRModel(SRModel):
         if self.val_mode == 'clsr' and not self.is_clsr:
             raise ValueError(f'val.mode clsr needs a CLSR network, but network_g is '
                              f'{opt["network_g"]["type"]}: use pre_crop or post_crop')
-        self.pre_crop_pad = int(val_opt.get('pre_crop_pad', 0))
+        bare = self.get_bare_model(self.net_g)
+        # default: the padding CLSR's own base branch uses, so that CLSR at initialisation equals
+        # this baseline ("padding is considered in this comparison", Sec. 4.2)
+        self.pre_crop_pad = int(val_opt.get('pre_crop_pad', bare.roi_pad if self.is_clsr else 0))
         if self.pre_crop_pad < 0:
             raise ValueError(f'val.pre_crop_pad must be >= 0, got {self.pre_crop_pad}')
         self.roi_chunk = int(val_opt.get('roi_chunk', 64))
         if self.roi_chunk < 1:
             raise ValueError(f'val.roi_chunk must be >= 1, got {self.roi_chunk}')
-        self.size_multiple = int(val_opt.get('size_multiple', size_multiple_from_opt(opt['network_g'])))
-        bare = self.get_bare_model(self.net_g)
+        self.size_multiple = int(val_opt.get('size_multiple', size_multiple_of(bare.base if self.is_clsr else bare)))
         if hasattr(bare, 'scale'):
             self.scale = int(bare.scale)
         elif 'scale' in opt:
