@@ -21,6 +21,7 @@ in ``tests/test_compat.py`` by a test that fails without it.
    ``base_model`` module sees a ``torch`` whose ``save`` is :func:`atomic_save` (temp file,
    fsync, rename) and whose ``load`` is :func:`safe_load` (``weights_only=True``, clear errors).
 """
+import logging
 import os
 import os.path as osp
 import sys
@@ -29,7 +30,7 @@ import types
 import torch
 import torchvision.transforms.functional as _tv_functional
 
-from clsr_arch.utils.checkpoint import atomic_save, is_loadable, safe_load
+from clsr_arch.utils.checkpoint import TMP_PREFIX, atomic_save, is_loadable, safe_load
 
 
 # --- fix 1: torchvision.transforms.functional_tensor ----------------------------------------
@@ -54,10 +55,13 @@ import basicsr.models.base_model as _base_model  # noqa: E402  (needs fix 1 firs
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils.dist_util as _dist_util  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402
-from basicsr.utils import check_resume, get_root_logger, scandir  # noqa: E402
+from basicsr.utils import check_resume, scandir  # noqa: E402
 
 
 # --- fix 2: resuming without CUDA, from the project root ----------------------------------
+_log = logging.getLogger('basicsr.compat')
+
+
 def _state_dir(opt):
     root = opt.get('root_path') or os.getcwd()
     return osp.join(root, 'experiments', opt['name'], 'training_states')
@@ -74,8 +78,32 @@ def latest_resume_state(state_dir):
         path = osp.join(state_dir, f'{it}.state')
         if is_loadable(path):
             return path
-        get_root_logger().warning(f'Skipping damaged training state {path}')
+        # not get_root_logger(): initialising basicsr's logger before train_pipeline does would
+        # leave the run without its log file; a child logger reaches stderr and nothing else
+        _log.warning(f'Skipping damaged training state {path}')
     return None
+
+
+def remove_stale_tmp(opt):
+    """Delete the ``.tmp-*`` files of saves killed mid-way in models/ and training_states/
+    (rank 0 only); returns their paths. Complete checkpoints are never touched."""
+    removed = []
+    if opt.get('rank', 0) != 0:
+        return removed
+    for key in ('models', 'training_states'):
+        folder = opt['path'].get(key)
+        if not folder or not osp.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(TMP_PREFIX):
+                try:
+                    os.remove(osp.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                removed.append(osp.join(folder, name))
+    if removed:
+        _log.warning(f'Removed {len(removed)} temporary file(s) of interrupted checkpoint saves: {removed}')
+    return removed
 
 
 def load_resume_state(opt):
@@ -88,6 +116,7 @@ def load_resume_state(opt):
         resume_state_path = opt['path'].get('resume_state')
     if resume_state_path is None:
         return None
+    remove_stale_tmp(opt)
     device = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else 'cpu'
     resume_state = safe_load(resume_state_path, map_location=device)
     check_resume(opt, resume_state['iter'])

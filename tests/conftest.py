@@ -61,3 +61,38 @@ def tiny_pairs(tmp_path_factory):
         cv2.imwrite(str(hr_dir / name), crop)
         cv2.imwrite(str(lr_dir / name), bicubic_lr(crop, 4))
     return root
+
+
+# --- reliability tests (tests/test_reliability_kill.py, test_bad_input.py, test_ddp.py) ---------
+CPU_TINY_YML = osp.join(REPO, 'options', 'train', 'CLSR_SRResNet_x4_cpu_tiny.yml')
+
+
+def tiny_clsr_train_opt(name, pairs, total_iter, ckpt_freq=2, val_freq=3, num_feat=8):
+    """options/train/CLSR_SRResNet_x4_cpu_tiny.yml shrunk for a subprocess test run on ``tiny_pairs``
+    (24x24 LR): 16x16 contexts with 12x12 ROIs, 12x12 validation ROIs, every iteration logged."""
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+    with open(CPU_TINY_YML) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt = yaml.safe_load(yaml.safe_dump(_plain(opt)))
+    opt['name'] = name
+    for phase, ds in opt['datasets'].items():
+        ds.update(dataroot_gt=str(pairs / 'HR'), dataroot_lq=str(pairs / 'LR'), roi_size=12)
+        if phase == 'train':
+            ds.update(context_size=16, batch_size_per_gpu=2, dataset_enlarge_ratio=4, num_worker_per_gpu=0)
+    opt['network_g']['backbone'].update(num_feat=num_feat, num_block=1)
+    opt['network_g']['gcm'] = {'num_windows': 4, 'heads': 2}
+    opt['train'].update(total_iter=total_iter, ema_decay=0.9)
+    opt['train']['scheduler']['periods'] = [total_iter]
+    opt['train']['lambda_schedule']['periods'] = total_iter
+    opt['val'].update(val_freq=val_freq, pbar=False)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=ckpt_freq, use_tb_logger=False)
+    return opt
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
