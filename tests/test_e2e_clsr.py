@@ -41,15 +41,26 @@ def load_yml(rel):
         return yaml.safe_load(f)
 
 
-def run(script, opt, tmp, *flags):
+def run(script, opt, tmp, *flags, nproc=1):
     path = osp.join(tmp, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f)
-    env = dict(os.environ, CLSR_ROOT=str(tmp), OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'clsr_arch', script), '-opt', path, *flags],
+    env = dict(os.environ, CLSR_ROOT=str(tmp), OMP_NUM_THREADS='1' if nproc > 1 else '2', PYTHONWARNINGS='ignore')
+    launcher = [sys.executable]
+    if nproc > 1:  # DDP on CPU (gloo, clsr_arch.compat)
+        launcher += ['-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--master_port={free_port()}']
+        flags += ('--launcher', 'pytorch')
+    proc = subprocess.run(launcher + [osp.join(REPO, 'clsr_arch', script), '-opt', path, *flags],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def parse_train_log(path):
@@ -180,3 +191,48 @@ def test_test_py_three_modes(trained, tiny_pairs):
         sr = net(lq, torch.tensor([[0, x, y, w, h]]))
     ref = calculate_psnr(tensor2img([sr]), gt[4 * y:4 * (y + h), 4 * x:4 * (x + w)], 0, test_y_channel=True)
     assert float(row['psnr']) == pytest.approx(ref, abs=1e-6)
+
+
+def tiny_test_opt(prefix, name, tiny_pairs, ckpt):
+    opt = load_yml(f'options/test/{prefix}_SRResNet_x4.yml')
+    opt.update(name=name, num_gpu=0)
+    opt['datasets'] = {'test_1': {'name': 'tiny_roi12', 'type': 'ContextROIDataset', 'io_backend': {'type': 'disk'},
+                                  'dataroot_gt': str(tiny_pairs / 'HR'), 'dataroot_lq': str(tiny_pairs / 'LR'),
+                                  'roi_size': 12}}
+    opt['network_g'] = deepcopy(TINY_NET)
+    opt['path'] = {'pretrain_network_g': ckpt, 'param_key_g': 'params', 'strict_load_g': True}
+    opt['val'].pop('pre_crop_pad', None)
+    return opt
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_past_lambda_zero_and_same_test_numbers(tiny_pairs, tmp_path):
+    """2-process DDP on CPU (gloo): training goes on after lambda reaches 0 without
+    find_unused_parameters (the PIM head is tied in with a zero), and test.py gives the same
+    metrics on 2 processes as on 1 (validation runs on rank 0)."""
+    opt = train_opt(tiny_pairs, 3)
+    opt.update(name='e2e_ddp', find_unused_parameters=False)
+    opt['train'].update(ema_decay=0, lambda_schedule={'type': 'linear', 'start': 0.5, 'end': 0.0, 'periods': 2})
+    opt['datasets']['train']['batch_size_per_gpu'] = 1
+    opt['val']['val_freq'] = 100
+    run('train.py', opt, tmp_path, nproc=2)
+    log = parse_train_log(glob.glob(str(tmp_path / 'experiments' / 'e2e_ddp' / 'train_e2e_ddp_*.log'))[0])
+    assert sorted(log) == [1, 2, 3] and log[3]['lambda'] == 0.0 and 'l_context' not in log[3]
+    ckpt = str(tmp_path / 'experiments' / 'e2e_ddp' / 'models' / 'net_g_latest.pth')
+    results = []
+    for nproc in (1, 2):
+        test = tiny_test_opt('CLSR', f'e2e_ddp_test_{nproc}', tiny_pairs, ckpt)
+        run('test.py', test, tmp_path, nproc=nproc)
+        results.append(json.load(open(tmp_path / 'results' / test['name'] / 'metrics_tiny_roi12.json')))
+    assert results[0]['num_rois'] == results[1]['num_rois'] == 16
+    assert results[0]['metrics'] == results[1]['metrics']
+
+
+@pytest.mark.slow
+def test_every_shipped_network_config_builds():
+    """The paper-size networks of options/ (SwinIR takes seconds to build on CPU: slow)."""
+    for name in sorted(os.listdir(osp.join(REPO, 'options', 'train'))):
+        net_opt = load_yml(osp.join('options', 'train', name))['network_g']
+        net_opt['pretrain_backbone'] = None
+        net = build_network(net_opt)
+        assert net.scale == 4 and sum(p.numel() for p in net.parameters()) > 1e4, name

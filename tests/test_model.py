@@ -325,3 +325,65 @@ def test_training_ema_and_bad_batches(tmp_path):
         opt = train_opt(tmp_path, None, None)
         opt['network_g'] = deepcopy(TINY_SRRESNET)
         build_model(opt)
+
+
+# ----------------------------------------------------------------------------- shipped options
+def _load_options(pattern):
+    import glob
+
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+    from conftest import REPO
+    files = sorted(glob.glob(osp.join(REPO, 'options', pattern)))
+    assert files, pattern
+    return {osp.basename(f)[:-4]: yaml.load(open(f), Loader=ordered_yaml()[0]) for f in files}
+
+
+def test_shipped_options_follow_the_paper_protocol():
+    from clsr_arch.archs.backbone_adapters import ADAPTERS
+    roi_pad = {cls.__name__: ad.defaults['roi_pad'] for cls, ad in ADAPTERS}
+    train = _load_options('train/CLSR_*_x4.yml')
+    assert set(train) == {f'CLSR_{b}_x4' for b in ('CARN', 'CARN_M', 'SRResNet', 'RCAN', 'SwinIR_light', 'SwinIR')}
+    for name, opt in train.items():
+        t, d = opt['train'], opt['datasets']['train']
+        assert opt['model_type'] == 'CLSRModel' and opt['network_g']['type'] == 'CLSR', name
+        assert (d['context_size'], d['roi_size'], d['roi_placement'], d['batch_size_per_gpu']) == (54, 48, 'center', 16)
+        assert t['total_iter'] == 200000 and t['optim_g']['lr'] == 1e-4
+        assert t['scheduler']['type'] == 'CosineAnnealingRestartLR' and t['scheduler']['periods'] == [200000]
+        assert t['pixel_opt']['type'] == t['context_opt']['type'] == 'L1Loss'
+        assert LambdaSchedule.from_opt(t['lambda_schedule'], 200000)(0) == 0.5
+        assert LambdaSchedule.from_opt(t['lambda_schedule'], 200000)(200000) == 0.0
+        assert opt['network_g']['pretrain_backbone'] == f'experiments/pretrained_models/{name[5:]}.pth'
+        assert opt['datasets']['val']['roi_size'] == 24 and opt['val']['mode'] == 'clsr'
+    test = _load_options('test/*_x4.yml')
+    assert len(test) == 3 * len(train)
+    for name, opt in test.items():
+        prefix, bb = name.split('_', 1)
+        mode = {'CLSR': 'clsr', 'PreCrop': 'pre_crop', 'PostCrop': 'post_crop'}[prefix]
+        assert opt['val']['mode'] == mode, name
+        assert all(m['crop_border'] == 0 for m in opt['val']['metrics'].values()), name
+        sets = {(d['name'], d['roi_size'], d['dataroot_lq']) for d in opt['datasets'].values()}
+        assert sets == {(f'{b}_roi{r}', r, f'datasets/{b}/LR_bicubic/X4')
+                        for b in ('BSD100', 'Urban100', 'Manga109', 'Test2K') for r in (24, 48)}, name
+        train_net = train[f'CLSR_{bb[:-3]}_x4']['network_g']
+        if mode == 'clsr':
+            assert opt['network_g']['backbone'] == train_net['backbone'], name
+        else:  # the plain arch, loading its plain checkpoint unchanged
+            assert opt['network_g'] == train_net['backbone'], name
+            assert opt['path']['pretrain_network_g'] == train_net['pretrain_backbone'], name
+        if mode == 'pre_crop':  # the padding CLSR's base branch sees for this backbone
+            assert opt['val']['pre_crop_pad'] == roi_pad[opt['network_g']['type']], name
+
+
+def test_fix_base_trains_only_the_context_modules(tmp_path):
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    opt = train_opt(tmp_path, path, {'type': 'constant', 'start': 0.5})
+    opt['train']['fix_base'] = True
+    model = build_model(opt)
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    model.feed_data(train_batch())
+    model.optimize_parameters(1)
+    after = model.net_g.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(k.startswith('base.') for k in changed)
+    assert any(k.startswith('pim.') for k in changed) and any(k.startswith('gcm.') for k in changed)

@@ -150,9 +150,13 @@ class CLSRModel(SRModel):
         if not is_clsr_net(self.get_bare_model(self.net_g)):
             raise ValueError(f'CLSRModel trains CLSR networks; network_g is {self.opt["network_g"]["type"]} '
                              '(train plain backbones with SRModel, evaluate them here with val.mode)')
-        super().init_training_settings()
         train_opt = self.opt['train']
         logger = get_root_logger()
+        # train.fix_base: the plain backbone (pretrained weights) is frozen -- in model_to_device,
+        # before DDP records which parameters need gradients -- so that only the context modules
+        # (GCM, PIM) learn: every gain over pre-crop then comes from the context.
+        self.fix_base = bool(train_opt.get('fix_base', False))
+        super().init_training_settings()
         if train_opt.get('context_opt'):
             self.cri_context = build_loss(train_opt['context_opt']).to(self.device)
             self.lambda_schedule = LambdaSchedule.from_opt(train_opt.get('lambda_schedule'), train_opt['total_iter'])
@@ -165,6 +169,26 @@ class CLSRModel(SRModel):
         # Once lambda is 0 the PIM's HR head is outside the graph. DDP without
         # find_unused_parameters would wait for its gradients forever: tie it in with a zero.
         self._tie_unused = self.opt['dist'] and not self.opt.get('find_unused_parameters', False)
+
+    def model_to_device(self, net):
+        """BasicSR's (DDP wrap when distributed), with ``train.fix_base`` applied first."""
+        if self.opt['is_train'] and (self.opt.get('train') or {}).get('fix_base') and is_clsr_net(net):
+            for p in net.base.parameters():
+                p.requires_grad_(False)
+        return super().model_to_device(net)
+
+    def setup_optimizers(self):
+        """SRModel's, but one log line for a frozen base (``train.fix_base``) instead of one
+        warning per parameter."""
+        train_opt = self.opt['train']
+        optim_params = [v for v in self.net_g.parameters() if v.requires_grad]
+        frozen = sum(v.numel() for v in self.net_g.parameters() if not v.requires_grad)
+        if frozen:
+            get_root_logger().info(f'train.fix_base: {frozen:,} base parameters frozen, '
+                                   f'{sum(v.numel() for v in optim_params):,} trained')
+        optim_type = train_opt['optim_g'].pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, optim_params, **train_opt['optim_g'])
+        self.optimizers.append(self.optimizer_g)
 
     def feed_data(self, data):
         self.lq = data['lq'].to(self.device)
