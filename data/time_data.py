@@ -51,7 +51,8 @@ def main():
                   f'cropped (rows, cols): {dict(crops)}, {dt * 1e3:.1f} ms/item', flush=True)
         d = osp.join(work, 'DIV2K')
         hr, lr = osp.join(d, 'HR_sub'), osp.join(d, 'LR_sub')
-        timed('extract_subimages DIV2K 480/240', extract_subimages, osp.join(args.shared, 'DIV2K', 'HR'), hr, 480, 240, 0)
+        timed('extract_subimages DIV2K 480/240', extract_subimages, osp.join(args.shared, 'DIV2K', 'HR'), hr,
+              480, 240, 0)
         timed('generate_lr x4', generate_lr, hr, lr, 4, '{}x4')
         timed('create_lmdb HR', create_lmdb, hr, osp.join(d, 'hr.lmdb'))
         timed('create_lmdb LR', create_lmdb, lr, osp.join(d, 'lr.lmdb'))

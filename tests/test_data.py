@@ -289,8 +289,24 @@ def test_grayscale_benchmark_image_through_dataset(tmp_path):
     # Set14 bridge.png is single-channel: prepared pairs and the dataset give equal RGB channels
     src = tmp_path / 'src'
     src.mkdir()
-    cv2.imwrite(str(src / 'bridge.png'), cv2.imread(shared('Set14', 'HR', 'bridge.png'), cv2.IMREAD_UNCHANGED)[:100, :104])
+    bridge = cv2.imread(shared('Set14', 'HR', 'bridge.png'), cv2.IMREAD_UNCHANGED)
+    assert bridge.ndim == 2
+    cv2.imwrite(str(src / 'bridge.png'), bridge[:100, :104])
     prepare_benchmark(str(src), str(tmp_path / 'HR'), str(tmp_path / 'LR'), 4)
     item = ContextROIDataset(opts(str(tmp_path), phase='test', roi_size=24))[0]
     assert item['lq'].shape == (3, 24, 24) and item['cropped'].tolist() == [1, 2]
     assert torch.equal(item['gt'][0], item['gt'][1]) and torch.equal(item['gt'][0], item['gt'][2])
+
+
+def test_basicsr_train_dataloader_batches(three):
+    from basicsr.data import build_dataloader
+    opt = opts(three, context_size=24, roi_size=12, roi_placement='random', use_hflip=True, use_rot=True,
+               batch_size_per_gpu=3, num_worker_per_gpu=0, use_shuffle=True, dataset_enlarge_ratio=1)
+    ds = build_dataset(opt)
+    loader = build_dataloader(ds, opt, num_gpu=0, dist=False, sampler=None, seed=0)
+    batch = next(iter(loader))
+    assert batch['lq'].shape == (3, 3, 24, 24) and batch['roi'].shape == (3, 4) and len(batch['lq_path']) == 3
+    assert batch['gt'].shape == (3, 3, 48, 48) and batch['gt_context'].shape == (3, 3, 96, 96)
+    for i in range(3):
+        x, y, w, h = batch['roi'][i].tolist()
+        assert torch.equal(batch['gt'][i], batch['gt_context'][i, :, 4 * y:4 * (y + h), 4 * x:4 * (x + w)])

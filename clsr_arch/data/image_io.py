@@ -58,7 +58,8 @@ def check_complete(content, name):
     if content is None or len(content) == 0:
         raise DataError(f'{name}: empty file')
     if content[:8] == _PNG_SIG:
-        if content[-12:].find(_PNG_END) < 0:
+        # IEND is the last chunk; search the whole file since some writers append bytes after it
+        if content.rfind(_PNG_END) < 0:
             raise DataError(f'{name}: truncated PNG (no IEND chunk at the end)')
     elif content[:2] == b'\xff\xd8':
         # some writers pad after the end-of-image marker

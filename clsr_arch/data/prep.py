@@ -157,7 +157,8 @@ def generate_lr(hr_folder, lr_folder, scale, filename_tmpl='{}', hr_out_folder=N
         stem = osp.splitext(name)[0]
         lr_path = osp.join(lr_folder, osp.join(osp.dirname(stem), filename_tmpl.format(osp.basename(stem))) + '.png')
         hr_path = None if hr_out_folder is None else osp.join(hr_out_folder, stem + '.png')
-        if is_complete_file(lr_path, (hh // scale, ww // scale)) and (hr_path is None or is_complete_file(hr_path, (hh, ww))):
+        lr_done = is_complete_file(lr_path, (hh // scale, ww // scale))
+        if lr_done and (hr_path is None or is_complete_file(hr_path, (hh, ww))):
             stats['skipped'] += 1
             continue
         hr = mod_crop(read_bgr8(path), scale)
