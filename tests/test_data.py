@@ -249,6 +249,10 @@ def test_lmdb_missing_key_and_unpaired_keys(three, tmp_path):
              dataroot_lq=str(tmp_path / 'lr.lmdb'))
     disk = ContextROIDataset(opts(three, phase='val', roi_size=24))
     assert torch.equal(ContextROIDataset(o)[2]['gt'], disk[2]['gt'])
+    meta = tmp_path / 'subset.txt'
+    meta.write_text('c.png (120,120,3)\n')  # meta_info_file selects LMDB keys
+    sub = ContextROIDataset(dict(o, meta_info_file=str(meta)))
+    assert len(sub) == 1 and sub[0]['gt_path'] == 'c' and torch.equal(sub[0]['lq'], disk[2]['lq'])
     for sub in ('hr', 'lr'):  # a key the meta_info promises but the LMDB lacks
         with open(tmp_path / f'{sub}.lmdb' / 'meta_info.txt', 'a') as f:
             f.write(f'ghost.png ({120 if sub == "hr" else 30},{120 if sub == "hr" else 30},3) 1\n')
