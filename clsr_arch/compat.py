@@ -19,7 +19,9 @@ in ``tests/test_compat.py`` by a test that fails without it.
 4. Network (``.pth``) and training-state (``.state``) checkpoints are written in place, so a
    kill during a save leaves a truncated file that auto-resume then picks. Fix: basicsr's
    ``base_model`` module sees a ``torch`` whose ``save`` is :func:`atomic_save` (temp file,
-   fsync, rename) and whose ``load`` is :func:`safe_load` (``weights_only=True``, clear errors).
+   fsync, rename) and whose ``load`` is :func:`safe_load` (``weights_only=True``, clear errors);
+   resuming removes the ``.tmp-*`` a killed save left; ``load_network`` failures (wrong
+   architecture with ``strict_load_g``, missing param key) name the file and the differing keys.
 """
 import logging
 import os
@@ -30,7 +32,7 @@ import types
 import torch
 import torchvision.transforms.functional as _tv_functional
 
-from clsr_arch.utils.checkpoint import TMP_PREFIX, atomic_save, is_loadable, safe_load
+from clsr_arch.utils.checkpoint import TMP_PREFIX, CheckpointError, atomic_save, is_loadable, safe_load
 
 
 # --- fix 1: torchvision.transforms.functional_tensor ----------------------------------------
@@ -179,6 +181,52 @@ class _TorchForBaseModel(types.ModuleType):
 
 
 _base_model.torch = _TorchForBaseModel()
+
+
+def describe_load_failure(net, load_path, param_key, err):
+    """Why ``load_path`` does not load into ``net``: a missing param key, or the keys that differ."""
+    name = type(net).__name__
+    ckpt = safe_load(load_path)
+    if param_key is not None:
+        if not isinstance(ckpt, dict) or (param_key not in ckpt and 'params' not in ckpt):
+            if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+                return (f'checkpoint {load_path!r} has no {param_key!r} entry: it is a plain state dict '
+                        f'({len(ckpt)} tensors); set path.param_key_g: ~')
+            found = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+            return (f'checkpoint {load_path!r} has no {param_key!r} entry (top-level keys: {found}); set '
+                    'path.param_key_g to one of them')
+        ckpt = ckpt[param_key if param_key in ckpt else 'params']
+    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = sorted(f'{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(own[k].shape)}'
+                    for k in set(sd) & set(own) if torch.is_tensor(sd[k]) and sd[k].shape != own[k].shape)
+    if not (missing or unexpected or shapes):
+        return f'cannot load checkpoint {load_path!r} into {name}: {type(err).__name__}: {err}'
+    msg = (f'checkpoint {load_path!r} does not match network {name} (strict load): '
+           f'{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}, '
+           f'{len(shapes)} shape mismatches {shapes[:8]}')
+    if missing and hasattr(net, 'base') and {f'base.{k}' for k in sd} <= set(own):
+        msg += ('; it holds a plain backbone: load it with network_g.pretrain_backbone, not '
+                'path.pretrain_network_g')
+    return msg
+
+
+_orig_load_network = _base_model.BaseModel.load_network
+
+
+def load_network(self, net, load_path, strict=True, param_key='params'):
+    """``BaseModel.load_network`` whose failures name the file and the keys that differ (basicsr
+    raises a bare ``KeyError: 'params'`` or torch's unnamed state-dict error)."""
+    try:
+        return _orig_load_network(self, net, load_path, strict, param_key)
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(describe_load_failure(self.get_bare_model(net), load_path, param_key, err)) from None
+
+
+_base_model.BaseModel.load_network = load_network
 
 APPLIED = ('functional_tensor alias', 'load_resume_state on CPU from root', 'gloo DDP on CPU',
            'atomic checkpoints + weights_only loads')

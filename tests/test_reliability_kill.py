@@ -254,11 +254,17 @@ def test_kill_mid_iteration_mid_save_mid_validation_then_resume(tiny_pairs, tmp_
     resume_from = exp.newest_complete_state()
     assert resume_from[0] == 8
 
-    # 4) resumed to the end
+    # 4) resumed to the end -- past a damaged newer state (as a disk error or an old in-place
+    # save would leave), which auto-resume skips with a warning; the run still writes its log file
+    (exp.states / '9.state').write_bytes(b'PK\x03\x04truncated')
     run = exp.launch(auto_resume=True)
     run.finish()
     text = run.text()
+    assert f'Skipping damaged training state {exp.states / "9.state"}' in text
+    (exp.states / '9.state').unlink()
     exp.check_resumed(text, resume_from)
+    log = max(glob.glob(str(exp.exp / 'train_kill_*.log')), key=os.path.getmtime)
+    assert RESUME_RE.search(open(log).read()).group(2) == '8'
     rows = exp.check_schedules(text)
     assert rows[-1][1] == 12 and rows[-1][3] == 0.0  # cosine lambda reaches exactly 0 at the end
     exp.check_checkpoints_complete()
