@@ -168,9 +168,9 @@ class CascadingBlock(nn.Module):
         return self.c3(c3)
 
 
-class _CARNBase(nn.Module):
-    """Shared body of CARN / CARN-M (paper Fig. 2b). Forward, in the steps a CLSR stage
-    adapter uses (head / stages / tail)::
+_STRUCTURE_DOC = """
+
+    Forward, in the steps a CLSR stage adapter uses (head / stages / tail)::
 
         x  = sub_mean(x)                          # head: RGB in [0, 1] minus the DIV2K mean
         x  = entry(x)                             # head: conv3x3, 3 -> C
@@ -193,6 +193,10 @@ class _CARNBase(nn.Module):
         group: groups of the upsampler convs (and of CARN-M's efficient residual blocks).
         rgb_mean: mean subtracted at the input and added back at the output.
     """
+
+
+class _CARNBase(nn.Module):
+    __doc__ = """Shared body of CARN / CARN-M (paper Fig. 2b).""" + _STRUCTURE_DOC
 
     _shared = False
 
@@ -240,8 +244,7 @@ class CARN(_CARNBase):
 
     ``CARN(num_in_ch=3, num_out_ch=3, num_feat=64, upscale=4, multi_scale=False, group=1)``.
     Parameters: 1,591,963 multi-scale (the paper's 1,592K; 24 of them the frozen mean shift),
-    1,111,899 single-scale x4.
-    """ + _CARNBase.__doc__.split('\n', 1)[1]
+    1,111,899 single-scale x4.""" + _STRUCTURE_DOC
     _shared = False
 
 
@@ -252,8 +255,7 @@ class CARN_M(_CARNBase):  # noqa: N801  (official name)
 
     ``CARN_M(num_in_ch=3, num_out_ch=3, num_feat=64, upscale=4, multi_scale=False, group=4)``.
     Parameters: 414,811 multi-scale (= the official checkpoint; the paper's 412K; 24 of them the
-    frozen mean shift), 294,171 single-scale x4.
-    """ + _CARNBase.__doc__.split('\n', 1)[1]
+    frozen mean shift), 294,171 single-scale x4.""" + _STRUCTURE_DOC
     _shared = True
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, upscale=4, multi_scale=False, group=4,
