@@ -178,18 +178,18 @@ class CLSR(nn.Module):
         boxes = roi_ops.validate_boxes(boxes, context.shape)
         h, w = roi_ops.box_size(boxes)
         pads = roi_ops.padding_for(h, w, self.roi_pad, self.adapter.multiple)
-        pboxes = roi_ops.pad_boxes(boxes, pads).to(context.device)
+        pboxes = roi_ops.pad_boxes(boxes, pads)  # on CPU; crop() moves them
 
         s = self.adapter.head(roi_ops.crop(context, pboxes))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
         if gcm_stage == 0:
-            s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0], state['gcm'])
+            s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0].to(context.device), state['gcm'])
         for i in range(self.adapter.num_stages):
             s = self.adapter.stage(i, s)
             if self.pim is not None:
                 s['feat'] = self.pim.fuse_into(i, s['feat'], roi_ops.crop(state['pim'][i], pboxes))
             if gcm_stage == i + 1:
-                s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0], state['gcm'])
+                s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0].to(context.device), state['gcm'])
         out = self.adapter.tail(s)
         left, top = pads[0], pads[1]
         sc = self.scale

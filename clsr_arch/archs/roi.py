@@ -104,9 +104,9 @@ def crop(tensor, boxes):
     ``tensor`` ``[B, C, H, W]``; returns ``[R, C, h, w]``. Outside pixels are reflected about
     the border, so cropping a feature map computed on the whole context gives the same
     pixels as the context crop would (no zero seams)."""
+    h, w = box_size(boxes)  # before moving: .tolist() does not work on meta tensors
     boxes = boxes.to(tensor.device)
     _, _, hc, wc = tensor.shape
-    h, w = box_size(boxes)
     ar_h = torch.arange(h, device=tensor.device)
     ar_w = torch.arange(w, device=tensor.device)
     rows = reflect_index(boxes[:, 2:3] + ar_h, hc)  # [R, h]

@@ -1,0 +1,126 @@
+"""FLOPs of LocalSR strategies (LocalSR paper Table 1 / Sec. 3.4 complexity analysis).
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions,
+FLOPs = 2 x multiply-accumulates; element-wise ops, softmax and norms are not counted, as in
+the usual SR FLOPs tables). Counting runs on ``torch.device('meta')`` tensors by default, so
+full-size RCAN / SwinIR on a whole BSD100 or Urban100 context costs no real compute.
+
+* :func:`count_flops` -- FLOPs of one call.
+* :func:`localsr_flops` -- per-ROI GFLOPs of ``pre_crop`` (backbone on the ROI alone),
+  ``post_crop`` (backbone on the whole context, then cropped) and ``clsr`` (CLSR: one shared
+  context pass + the base on one padded ROI; the PIM's HR context head is training-only and
+  excluded).
+"""
+import copy
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from basicsr.archs import build_network
+
+# tensor factories that take a device (what torch.device(...) as a context manager redirects)
+_FACTORIES = {getattr(torch, n) for n in (
+    'empty', 'empty_like', 'zeros', 'zeros_like', 'ones', 'ones_like', 'full', 'full_like', 'rand', 'randn',
+    'randint', 'arange', 'linspace', 'tensor', 'as_tensor', 'eye', 'empty_strided')}
+
+
+def count_flops(fn_or_module, *inputs, **kwargs):
+    """FLOPs (2 x MACs) of ``fn_or_module(*inputs, **kwargs)`` under ``torch.no_grad()``."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn_or_module(*inputs, **kwargs)
+    return counter.get_total_flops()
+
+
+class _MetaConstruction(TorchFunctionMode):
+    """Like ``with torch.device('meta')`` (parameters are allocated, and initialised, on meta:
+    building full-size SwinIR/RCAN costs nothing), except that ``torch.linspace`` stays on the
+    CPU: BasicSR's SwinIR calls ``.item()`` on it for its drop-path rates."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get('device') is None:
+            kwargs['device'] = 'cpu' if func is torch.linspace else 'meta'
+        return func(*args, **kwargs)
+
+
+def build_on(opt, device):
+    """``build_network(opt)`` with its parameters created directly on ``device`` (for meta:
+    without initialising full-size weights on the CPU first)."""
+    opt = copy.deepcopy(opt)
+    if str(device) != 'meta':
+        return build_network(opt).to(device)
+    with _MetaConstruction():
+        net = build_network(opt)
+    return net.to('meta')  # plain tensor attributes made by torch.Tensor(...) stay on the CPU
+
+
+def _on_device(net_or_opt, device):
+    if isinstance(net_or_opt, dict):
+        return build_on(net_or_opt, device).eval()
+    return copy.deepcopy(net_or_opt).to(device).eval()
+
+
+def _padded_run(adapter, x):
+    """The plain backbone on ``x``, mirror-padded to the backbone's size multiple (SwinIR)."""
+    from clsr_arch.archs import roi as roi_ops
+    b, _, h, w = x.shape
+    pads = roi_ops.padding_for(h, w, 0, adapter.multiple)
+    boxes = torch.tensor([[i, 0, 0, w, h] for i in range(b)])
+    out = adapter.run(roi_ops.crop(x, roi_ops.pad_boxes(boxes, pads)))
+    return out[:, :, :adapter.scale * h, :adapter.scale * w]
+
+
+def localsr_flops(net_or_opt, context_hw, roi_hw=(24, 24), device='meta',
+                  strategies=('pre_crop', 'post_crop', 'clsr'), **clsr_kwargs):
+    """Per-ROI GFLOPs ``{'pre_crop', 'post_crop', 'clsr', 'clsr_context', 'clsr_roi'}`` for one
+    context and one ROI (``clsr = clsr_context + clsr_roi``: the shared context pass counted once).
+
+    Args:
+        net_or_opt: a CLSR network, a plain backbone, or either's BasicSR options dict
+            (``{'type': 'CLSR', 'backbone': {...}, ...}`` or ``{'type': 'MSRResNet', ...}``). A
+            plain backbone is wrapped in a CLSR with ``clsr_kwargs`` (``roi_pad``, ``gcm``,
+            ``pim``; unset: the backbone's defaults).
+        context_hw: ``(H, W)`` of the LR context (BSD100: 144 x 216, Urban100: 384 x 480).
+        roi_hw: ``(h, w)`` of the ROI (paper Table 1: 24 x 24); placed at the context centre.
+        device: where the counting runs; ``'meta'`` computes nothing (but dispatches every op
+            through Python meta kernels: for small inputs ``'cpu'`` can be faster).
+        strategies: which of the three to count (post-crop of a big context on SwinIR is the
+            slow one: its shifted-window masks are rebuilt per block on the CPU).
+    """
+    from clsr_arch.archs.backbone_adapters import get_adapter
+    from clsr_arch.archs.clsr_arch import CLSR
+
+    if isinstance(net_or_opt, dict) and net_or_opt.get('type') != 'CLSR':
+        net_or_opt = {'type': 'CLSR', 'backbone': net_or_opt, **clsr_kwargs}
+    elif not isinstance(net_or_opt, (dict, CLSR)):
+        raise ValueError(f'localsr_flops: got a {type(net_or_opt).__name__} module; pass a plain backbone '
+                         f'as its options dict, or a CLSR network')
+    elif clsr_kwargs:
+        raise ValueError(f'localsr_flops: {sorted(clsr_kwargs)} only apply when wrapping a plain backbone')
+    net = _on_device(net_or_opt, device)
+    adapter = get_adapter(net.base)
+
+    (H, W), (h, w) = context_hw, roi_hw
+    if h > H or w > W:
+        raise ValueError(f'localsr_flops: ROI {h}x{w} larger than context {H}x{W}')
+    context = torch.zeros(1, 3, H, W, device=device)
+    box = torch.tensor([[0, (W - w) // 2, (H - h) // 2, w, h]])
+    roi = torch.zeros(1, 3, h, w, device=device)
+
+    unknown = set(strategies) - {'pre_crop', 'post_crop', 'clsr'}
+    if unknown:
+        raise ValueError(f'localsr_flops: unknown strategies {sorted(unknown)}')
+    out = {}
+    if 'pre_crop' in strategies:
+        out['pre_crop'] = count_flops(_padded_run, adapter, roi) / 1e9
+    if 'post_crop' in strategies:
+        out['post_crop'] = count_flops(_padded_run, adapter, context) / 1e9
+    if 'clsr' in strategies:
+        # Sec. 3.4: one context pass O_G(HW) + O_P(HW), shared by all ROIs, plus O(hw) per ROI
+        out['clsr_context'] = count_flops(net.encode_context, context) / 1e9
+        with torch.no_grad():
+            state = net.encode_context(context)
+        out['clsr_roi'] = count_flops(net.decode, state, box) / 1e9
+        out['clsr'] = out['clsr_context'] + out['clsr_roi']
+    return out
