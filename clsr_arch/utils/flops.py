@@ -124,3 +124,53 @@ def localsr_flops(net_or_opt, context_hw, roi_hw=(24, 24), device='meta',
         out['clsr_roi'] = count_flops(net.decode, state, box) / 1e9
         out['clsr'] = out['clsr_context'] + out['clsr_roi']
     return out
+
+
+# Full-size x4 backbones of the paper's Table 1 and its reported GFLOPs (24x24 ROI):
+# (pre-crop, Ours at BSD100 144x216, Ours at Urban100 384x480, post-crop at BSD100). The CARN row is costed with
+# CARN-M (its 0.65 GFLOPs pre-crop is CARN-M's); CARN itself is listed without a target.
+PAPER_BACKBONES = {
+    'SRResNet': ({'type': 'MSRResNet', 'num_feat': 64, 'num_block': 16, 'upscale': 4}, (2.93, 5.08, 8.94, 158.19)),
+    'CARN-M': ({'type': 'CARN_M', 'upscale': 4}, (0.65, 1.63, 5.65, 35.37)),
+    'CARN': ({'type': 'CARN', 'upscale': 4}, (None, None, None, None)),
+    'RCAN': ({'type': 'RCAN', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_group': 10, 'num_block': 20,
+              'upscale': 4}, (18.38, 19.41, 21.50, 992.73)),
+    'SwinIR-light': ({'type': 'SwinIR', 'upscale': 4, 'img_size': 64, 'window_size': 8, 'embed_dim': 60,
+                      'depths': [6, 6, 6, 6], 'num_heads': [6, 6, 6, 6], 'mlp_ratio': 2,
+                      'upsampler': 'pixelshuffledirect'}, (2.11, 3.18, 6.74, 113.70)),
+    'SwinIR': ({'type': 'SwinIR', 'upscale': 4, 'img_size': 48, 'window_size': 8, 'embed_dim': 180,
+                'depths': [6] * 6, 'num_heads': [6] * 6, 'mlp_ratio': 2, 'upsampler': 'pixelshuffle'},
+               (15.08, 23.23, 31.02, 814.40)),
+}
+BSD100_HW, URBAN100_HW = (144, 216), (384, 480)
+
+
+def main(argv=None):
+    """Print the Table 1 comparison (CLSR with each backbone's defaults) as markdown."""
+    import argparse
+    parser = argparse.ArgumentParser(description='GFLOPs of CLSR vs the LocalSR paper, Table 1 (x4, 24x24 ROI)')
+    parser.add_argument('--backbones', default=','.join(PAPER_BACKBONES))
+    parser.add_argument('--post-crop', action='store_true', help='also count post-crop (slow for SwinIR)')
+    args = parser.parse_args(argv)
+    strategies = ('pre_crop', 'post_crop', 'clsr') if args.post_crop else ('pre_crop', 'clsr')
+    print('| backbone | roi_pad | gcm N / stage | PIM c\' | pre-crop | CLSR BSD100 (144×216) | '
+          'CLSR Urban100 (384×480) | context pass BSD / Urban | post-crop BSD100 |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for name in args.backbones.split(','):
+        opt, paper = PAPER_BACKBONES[name]
+        net = build_on({'type': 'CLSR', 'backbone': opt}, 'meta')
+        bsd = localsr_flops(net, BSD100_HW, strategies=strategies)
+        urban = localsr_flops(net, URBAN100_HW, strategies=('clsr', ))
+
+        def fmt(v, p):
+            return f'{v:.2f}' + (f' ({p:.2f})' if p is not None else '')
+
+        post = fmt(bsd['post_crop'], paper[3]) if 'post_crop' in bsd else '-'
+        print(f"| {name} | {net.roi_pad} | {net.gcm_opt['num_windows']} / {net.gcm_opt['stage']} | "
+              f"{net.pim.channels} | {fmt(bsd['pre_crop'], paper[0])} | {fmt(bsd['clsr'], paper[1])} | "
+              f"{fmt(urban['clsr'], paper[2])} | {bsd['clsr_context']:.2f} / {urban['clsr_context']:.2f} | "
+              f"{post} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
