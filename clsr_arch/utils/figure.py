@@ -1,0 +1,69 @@
+"""Comparison figure of local SR strategies (the LocalSR paper's Fig. 1 / Fig. 7 style).
+
+Left: the LR context with every ROI box drawn and numbered. Right: one row per ROI, one column
+per method (bicubic, pre-crop, CLSR, post-crop, ground truth), each tile labelled with its
+time, GFLOPs and (with ground truth) PSNR. Used by ``clsr-infer`` (:mod:`clsr_arch.infer`).
+"""
+import matplotlib
+
+matplotlib.use('Agg')  # files only, no display (servers, tests)
+import matplotlib.patches as patches  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+BOX_COLOURS = ('#ff3b30', '#34c759', '#0a84ff', '#ffcc00', '#af52de', '#ff9500', '#5ac8fa', '#ff2d55')
+
+
+def box_colour(i):
+    return BOX_COLOURS[i % len(BOX_COLOURS)]
+
+
+def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
+    """Write the figure to ``path`` (PNG).
+
+    Args:
+        lr_rgb: uint8 [H, W, 3] RGB LR context.
+        boxes: list of ``(x, y, w, h)`` in LR pixels (one row of tiles each).
+        tiles: list (one per box) of lists of ``(image_rgb_uint8, label)``; the label may hold
+            several lines (method, time, GFLOPs, PSNR).
+        title: optional figure title.
+    """
+    if len(tiles) != len(boxes):
+        raise ValueError(f'comparison_figure: {len(boxes)} boxes but {len(tiles)} rows of tiles')
+    n_rows = len(boxes)
+    n_cols = max(len(row) for row in tiles)
+    h, w = lr_rgb.shape[:2]
+    ctx_w = max(3.0, min(6.0, tile_inches * n_rows * w / h))  # context column, about the rows' height
+    fig_w = ctx_w + tile_inches * n_cols
+    label_in = 0.5  # three label lines above every tile
+    title_in = 0.35 if title else 0.0
+    fig_h = max((tile_inches + label_in) * n_rows, ctx_w * h / w + 0.3) + title_in + 0.1
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
+    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[ctx_w] + [tile_inches] * n_cols,
+                            left=0.01, right=0.99, bottom=0.01, top=1 - (title_in + label_in) / fig_h,
+                            wspace=0.05, hspace=label_in / tile_inches + 0.02)
+
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(lr_rgb, interpolation='nearest')
+    for i, (x, y, bw, bh) in enumerate(boxes):
+        c = box_colour(i)
+        # pixel (x, y) covers [x - 0.5, x + 0.5] in imshow coordinates
+        ax.add_patch(patches.Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=c, linewidth=1.8))
+        ax.text(x - 0.5, y - 1.5, str(i), color=c, fontsize=9, fontweight='bold', va='bottom')
+    ax.set_title(f'LR context {w}x{h} (x{len(boxes)} ROIs)', fontsize=9)
+    ax.axis('off')
+
+    for r, row in enumerate(tiles):
+        for c, (img, label) in enumerate(row):
+            t = fig.add_subplot(grid[r, c + 1])
+            t.imshow(img, interpolation='nearest')
+            t.set_title(f'ROI {r}: {label}' if c == 0 else label, fontsize=7, linespacing=1.15)
+            t.set_xticks([])
+            t.set_yticks([])
+            for spine in t.spines.values():
+                spine.set_edgecolor(box_colour(r))
+                spine.set_linewidth(1.5)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig_h, va='top')
+    fig.savefig(path)
+    plt.close(fig)
+    return path
