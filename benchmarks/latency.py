@@ -114,8 +114,12 @@ def run(args, log=print):
     contexts = common.QUICK_CONTEXTS if args.quick else common.CONTEXTS
     if args.contexts:
         contexts = {k: contexts[k] for k in _names(args.contexts, contexts, '--contexts')}
-    grid_contexts = [k for k in _names(args.grid_contexts, contexts, '--grid-contexts')] if args.grid_contexts \
-        else [next(iter(contexts))]
+    if args.grid_contexts == 'none':
+        grid_contexts = []
+    elif args.grid_contexts:
+        grid_contexts = _names(args.grid_contexts, contexts, '--grid-contexts')
+    else:
+        grid_contexts = [next(iter(contexts))]
     roi_hw = (args.roi, args.roi)
     gen = torch.Generator().manual_seed(0)
     res = {'roi': {}, 'grid': {}, 'flops': {}, 'threads': torch.get_num_threads()}
@@ -223,14 +227,16 @@ def plot(res, contexts, path, title):
     colors = {'pre_crop': '#1f77b4', 'clsr': '#d62728', 'post_crop': '#7f7f7f'}
     labels = {'pre_crop': 'pre-crop', 'clsr': 'CLSR', 'post_crop': 'post-crop'}
     markers = ['o', 's', '^', 'D', 'v', 'P']
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    styles = ['-', '--', ':', '-.']
     for bi, name in enumerate(res['roi']):
         ctxs = sorted(res['roi'][name], key=lambda c: contexts[c][0] * contexts[c][1])
         px = [contexts[c][0] * contexts[c][1] for c in ctxs]
         for mode in ('post_crop', 'clsr', 'pre_crop'):
             fl = [res['flops'][name][c][mode] for c in ctxs]
             ms = [res['roi'][name][c]['median'][mode] * 1e3 for c in ctxs]
-            kw = dict(color=colors[mode], marker=markers[bi % len(markers)], linewidth=1.5, markersize=6,
+            kw = dict(color=colors[mode], marker=markers[bi % len(markers)], linestyle=styles[bi % len(styles)],
+                      linewidth=1.5, markersize=6,
                       label=f'{labels[mode]} ({name})')
             axes[0].plot(px, fl, **kw)
             axes[1].plot(px, ms, **kw)
@@ -245,9 +251,9 @@ def plot(res, contexts, path, title):
         axes[0].annotate(c, (h * w, axes[0].get_ylim()[0]), textcoords='offset points', xytext=(0, 4),
                          rotation=90, fontsize=8, color='#555555', ha='center', va='bottom')
     handles, labs = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc='center left', bbox_to_anchor=(0.86, 0.5), fontsize=8, frameon=False)
+    fig.legend(handles, labs, loc='center left', bbox_to_anchor=(0.82, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    fig.tight_layout(rect=(0, 0, 0.81, 0.95))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -258,7 +264,9 @@ def main(argv=None):
     parser.add_argument('--backbones', default='default',
                         help='comma list, "default" (SRResNet,CARN_M,SwinIR-light) or "all"')
     parser.add_argument('--contexts', default=None, help='comma list of context names (default: all four)')
-    parser.add_argument('--grid-contexts', default=None, help='contexts of the whole-grid test (default: the first)')
+    parser.add_argument('--grid-contexts', default=None,
+                        help='contexts of the whole-grid test (default: the first; "none" skips it)')
+    parser.add_argument('--tag', default='', help='suffix of the doc sections (a second run beside the default one)')
     parser.add_argument('--roi', type=int, default=None, help='ROI side in LR pixels (default 24; --quick: 8)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=None, help='pre-crop / CLSR repeats (default 9; quick 3)')
@@ -269,7 +277,16 @@ def main(argv=None):
     parser.add_argument('--chunk', type=int, default=16, help='ROIs per decode call in the grid test')
     parser.add_argument('--plot', default=PLOT, help='PNG of cost vs context size ("" to skip)')
     parser.add_argument('--json', default=None, help='also write the raw timings here')
+    parser.add_argument('--replot', default=None, metavar='JSON',
+                        help='only redraw --plot from a previous run\'s --json (no measuring)')
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            res = json.load(f)
+        contexts = common.QUICK_CONTEXTS if args.quick else common.CONTEXTS
+        plot(res, {c: contexts[c] for c in next(iter(res['roi'].values()))}, args.plot or PLOT,
+             f'x4, 24x24 ROI: cost vs context size ({res.get("env", "see docs/benchmarks.md")})')
+        return res
     args.roi = args.roi or (8 if args.quick else 24)
     args.repeats = args.repeats or (3 if args.quick else 9)
     args.post_repeats = args.post_repeats or 3
@@ -281,11 +298,13 @@ def main(argv=None):
             raise ValueError(f'--{opt.replace("_", "-")} must be >= 1, got {getattr(args, opt)}')
     res = run(args)
     contexts = common.QUICK_CONTEXTS if args.quick else common.CONTEXTS
-    line = common.env_line(args.device, res['threads'])
+    line = res['env'] = common.env_line(args.device, res['threads'])
     roi_text, grid_text = report(res, args, contexts, line, common.command_line(__file__, argv))
     print(roi_text + '\n\n' + grid_text)
-    common.write_section(args.out, SECTION_ROI, roi_text)
-    common.write_section(args.out, SECTION_GRID, grid_text)
+    suffix = f'-{args.tag}' if args.tag else ''
+    common.write_section(args.out, SECTION_ROI + suffix, roi_text)
+    if res['grid'] and any(res['grid'].values()):
+        common.write_section(args.out, SECTION_GRID + suffix, grid_text)
     if args.plot:
         plot(res, {c: contexts[c] for c in next(iter(res['roi'].values()))}, args.plot,
              f'x4, {args.roi}x{args.roi} ROI: cost vs context size ({line})')

@@ -96,10 +96,10 @@ def test_flops_script_quick(tmp_path):
 
 
 def test_latency_script_quick(tmp_path):
-    out, png = tmp_path / 'bench.md', tmp_path / 'cost.png'
+    out, png, js = tmp_path / 'bench.md', tmp_path / 'cost.png', tmp_path / 'lat.json'
     res = latency.main(['--quick', '--backbones', 'SRResNet', '--contexts', 'tiny-a', '--roi', '16',
                         '--repeats', '2', '--post-repeats', '1', '--grid-repeats', '1', '--warmup', '0',
-                        '--threads', '1', '--out', str(out), '--plot', str(png)])
+                        '--threads', '1', '--out', str(out), '--plot', str(png), '--json', str(js)])
     assert res['threads'] == 1
     cell = res['roi']['SRResNet']['tiny-a']
     assert [len(cell['raw'][m]) for m in ('pre_crop', 'clsr', 'post_crop')] == [2, 2, 1]
@@ -111,6 +111,11 @@ def test_latency_script_quick(tmp_path):
     assert 'torch.set_num_threads(1)' in roi_sec and '| SRResNet | tiny-a 32x40 |' in roi_sec
     assert 'CLSR shared pass' in grid_sec
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # the plot can be redrawn from the saved timings without measuring again
+    png2 = tmp_path / 'again.png'
+    again = latency.main(['--quick', '--replot', str(js), '--plot', str(png2)])
+    assert again['roi']['SRResNet']['tiny-a']['median'] == pytest.approx(cell['median'])
+    assert png2.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_interleaved_rotates_and_counts():
