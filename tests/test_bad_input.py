@@ -277,7 +277,7 @@ CASES = [
      r"CLSR.__init__\(\) missing 1 required positional argument: 'backbone'"),
     ('yaml_dataset_without_dataroot_lq', 'YAML: dataset without `dataroot_lq`',
      'DataError at training start; no experiment folder left', c_yaml_dataset_without_dataroot_lq, ValueError,
-     r'option dataroot_lq is missing'),
+     r"dataset 'Set5_roi24': option dataroot_lq is missing"),
     ('wrong_arch_pretrain_network_g', 'plain MSRResNet checkpoint as `path.pretrain_network_g` of CLSR '
      '(`strict_load_g: true`)', 'CheckpointError at training start; no experiment folder left',
      c_wrong_arch_pretrain_network_g, CheckpointError,

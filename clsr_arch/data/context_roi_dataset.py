@@ -136,7 +136,7 @@ class ContextROIDataset(data.Dataset):
         self.filename_tmpl = opt.get('filename_tmpl', '{}')
         for key in ('dataroot_gt', 'dataroot_lq'):
             if not opt.get(key):
-                raise DataError(f'option {key} is missing')
+                raise DataError(f'dataset {opt.get("name", "?")!r}: option {key} is missing')
         self.gt_folder, self.lq_folder = opt['dataroot_gt'], opt['dataroot_lq']
 
         if self.phase == 'train':
