@@ -125,16 +125,17 @@ def test_metric_averager_over_rois_and_inf():
 def test_validation_averages_over_all_rois_not_images(tmp_path):
     """Two images with 6 and 2 ROIs: the dataset PSNR is the mean of the 8 ROI PSNRs."""
     _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
-    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
+    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path, image_metrics=True))
     items = [val_item('baby.png', (96, 144), 12), val_item('bird.png', (48, 96), 12)]
     model.nondist_validation(FakeLoader(items), 1, None, save_img=False)
 
     net = model.net_g
-    per_roi, per_image = {'psnr': [], 'ssim': []}, []
+    per_roi, per_image, stitched = {'psnr': [], 'ssim': []}, [], []
     for it in items:
         with torch.no_grad():
             sr = tensor2img([net(it['lq'])])
         gt = tensor2img([it['gt']])
+        stitched.append(calculate_psnr(sr, gt, 0, test_y_channel=True))
         img_psnr = []
         for x, y, w, h in it['rois'][0].tolist():
             a, b = sr[4 * y:4 * (y + h), 4 * x:4 * (x + w)], gt[4 * y:4 * (y + h), 4 * x:4 * (x + w)]
@@ -146,6 +147,9 @@ def test_validation_averages_over_all_rois_not_images(tmp_path):
     assert model.metric_results['psnr'] == pytest.approx(np.mean(per_roi['psnr']), abs=1e-9)
     assert model.metric_results['ssim'] == pytest.approx(np.mean(per_roi['ssim']), abs=1e-9)
     assert abs(np.mean(per_image) - np.mean(per_roi['psnr'])) > 1e-3  # the two averages differ here
+    # val.image_metrics: the secondary whole-(stitched-)image mean, reported beside it
+    assert model.image_metric_results['psnr'] == pytest.approx(np.mean(stitched), abs=1e-9)
+    assert abs(model.image_metric_results['psnr'] - model.metric_results['psnr']) > 1e-3
     assert model.best_metric_results['fake']['psnr']['iter'] == 1
     assert 5 < model.metric_results['psnr'] < 40  # a random tiny net is poor but finite
 

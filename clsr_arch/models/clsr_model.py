@@ -17,6 +17,8 @@ LocalSR changes:
   backbone on the ROI alone (optionally with ``val.pre_crop_pad`` LR pixels of real context,
   cropped back); ``post_crop`` runs it on the whole image and crops the ROI. ``network_g`` may
   be a plain BasicSR arch (its checkpoint loads unchanged) or a CLSR network (its ``base``).
+  ``bicubic`` (reference row, no network used) upsamples each ROI alone with BasicSR's
+  MATLAB-compatible ``imresize``.
 """
 import csv
 import json
@@ -33,6 +35,7 @@ from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from clsr_arch.archs import roi as roi_ops
@@ -40,7 +43,7 @@ from clsr_arch.archs.backbone_adapters import get_adapter
 
 from .lambda_schedule import LambdaSchedule
 
-VAL_MODES = ('clsr', 'pre_crop', 'post_crop')
+VAL_MODES = ('clsr', 'pre_crop', 'post_crop', 'bicubic')
 
 
 def is_clsr_net(net):
@@ -282,7 +285,12 @@ class CLSRModel(SRModel):
                 outs = self._test_clsr(net)
             else:
                 backbone = net.base if self.is_clsr else net
-                outs = self._test_pre_crop(backbone) if self.val_mode == 'pre_crop' else self._test_post_crop(backbone)
+                if self.val_mode == 'bicubic':
+                    outs = self._test_bicubic()
+                elif self.val_mode == 'pre_crop':
+                    outs = self._test_pre_crop(backbone)
+                else:
+                    outs = self._test_post_crop(backbone)
         if was_training:
             net.train()
         self.roi_outputs = outs
@@ -328,6 +336,16 @@ class CLSRModel(SRModel):
                 outs[i] = sr[j, :, s * top:s * (top + h), s * left:s * (left + w)]
         return outs
 
+    def _test_bicubic(self):
+        """Reference row: MATLAB-compatible bicubic x``scale`` of each ROI alone (no network)."""
+        s = self.scale
+        lq = self.lq[0].detach().cpu()
+        outs = []
+        for x, y, w, h in self.rois.tolist():
+            up = imresize(lq[:, y:y + h, x:x + w], s)
+            outs.append(up[:, :s * h, :s * w].clamp_(0, 1).to(self.device))
+        return outs
+
     def _test_post_crop(self, backbone):
         s = self.scale
         full = run_backbone(backbone, self.lq, s, self.size_multiple)[0]
@@ -348,6 +366,9 @@ class CLSRModel(SRModel):
         if with_metrics:
             self._initialize_best_metric_results(dataset_name)
         averager = MetricAverager(metrics_opt.keys())
+        # val.image_metrics: also score each stitched ROI grid as one image (mean over images) --
+        # a secondary number for comparing with whole-image protocols, never the tracked metric
+        image_averager = MetricAverager(metrics_opt.keys()) if val_opt.get('image_metrics', False) else None
         per_roi_rows = []
         num_images = 0
         pbar = tqdm(total=len(dataloader), unit='image') if val_opt.get('pbar', False) else None
@@ -370,8 +391,13 @@ class CLSRModel(SRModel):
                     values = {name: calculate_metric(metric_data, m_opt) for name, m_opt in metrics_opt.items()}
                     averager.add(values)
                     per_roi_rows.append(dict(image=img_name, roi=i, x=x, y=y, w=w, h=h, **values))
-            if save_img:
-                imwrite(tensor2img([self.output.detach().cpu()]), osp.join(vis_dir, f'{img_name}_{suffix}.png'))
+            if save_img or (image_averager is not None and gt_img is not None):
+                sr_full = tensor2img([self.output.detach().cpu()])
+                if save_img:
+                    imwrite(sr_full, osp.join(vis_dir, f'{img_name}_{suffix}.png'))
+                if image_averager is not None and gt_img is not None:
+                    image_averager.add({name: calculate_metric({'img': sr_full, 'img2': gt_img}, m_opt)
+                                        for name, m_opt in metrics_opt.items()})
             for name in ('lq', 'gt', 'output', 'roi_outputs'):
                 if hasattr(self, name):
                     delattr(self, name)
@@ -395,6 +421,10 @@ class CLSRModel(SRModel):
                     logger.warning(f'{dataset_name}: {n} ROIs restored exactly (infinite {metric}) are left '
                                    'out of its mean')
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            self.image_metric_results = image_averager.means() if image_averager else None
+            if image_averager:
+                logger.info(f'{dataset_name}: stitched-image metrics (mean over {num_images} images, secondary): '
+                            + ', '.join(f'{k}: {v:.4f}' for k, v in self.image_metric_results.items()))
             if not self.opt['is_train']:
                 self._write_metrics(dataset_name, averager, num_images, per_roi_rows)
 
@@ -404,7 +434,8 @@ class CLSRModel(SRModel):
         os.makedirs(root, exist_ok=True)
         summary = dict(dataset=dataset_name, mode=self.val_mode, num_images=num_images,
                        num_rois=averager.num_rois, metrics=averager.means(), num_inf=averager.num_inf,
-                       pre_crop_pad=self.pre_crop_pad if self.val_mode == 'pre_crop' else None)
+                       pre_crop_pad=self.pre_crop_pad if self.val_mode == 'pre_crop' else None,
+                       image_metrics=self.image_metric_results)
         with open(osp.join(root, f'metrics_{dataset_name}.json'), 'w') as f:
             json.dump(summary, f, indent=2)
         with open(osp.join(root, f'rois_{dataset_name}.csv'), 'w', newline='') as f:
