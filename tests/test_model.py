@@ -391,3 +391,18 @@ def test_fix_base_trains_only_the_context_modules(tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and not any(k.startswith('base.') for k in changed)
     assert any(k.startswith('pim.') for k in changed) and any(k.startswith('gcm.') for k in changed)
+
+
+def test_bicubic_reference_mode_upsamples_each_roi_alone(tmp_path):
+    from basicsr.utils.matlab_functions import imresize
+    _, path = saved_plain_net(tmp_path, TINY_SRRESNET)
+    model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'bicubic', pretrain=path))
+    item = val_item('head.png', (96, 96), 8)
+    model.feed_data(item)
+    model.test()
+    x, y, w, h = model.rois[4].tolist()
+    ref = imresize(item['lq'][0, :, y:y + h, x:x + w], SCALE).clamp(0, 1)
+    assert torch.allclose(model.roi_outputs[4], ref, atol=1e-6)
+    # ROI-alone bicubic differs from bicubic of the whole image at ROI borders (no context)
+    whole = imresize(item['lq'][0], SCALE)[:, 4 * y:4 * (y + h), 4 * x:4 * (x + w)].clamp(0, 1)
+    assert (whole - model.roi_outputs[4]).abs().max() > 1e-3
