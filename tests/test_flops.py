@@ -12,6 +12,17 @@ from clsr_arch.utils.flops import (BSD100_HW, PAPER_BACKBONES, URBAN100_HW, buil
                                    localsr_flops)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many tiny ops: on a shared, oversubscribed 2-core machine two OpenMP
+    threads spin-wait on each other (measured: 5 s vs 15 ms for one tiny CLSR decode), one
+    thread does not. Restored afterwards for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_count_flops_single_conv_matches_hand_count():
     conv = nn.Conv2d(3, 8, 3, padding=1)
     x = torch.rand(1, 3, 10, 12)
