@@ -171,7 +171,8 @@ def test_pretrain_backbone_mismatch_names_keys(tmp_path):
     del sd['conv_last.bias']
     path = tmp_path / 'bad.pth'
     torch.save({'params_ema': sd}, path)
-    with pytest.raises(ValueError, match=r"bad\.pth.*missing keys \['conv_last\.bias'\].*unexpected keys \['extra\.weight'\]"):
+    msg = r"bad\.pth.*missing keys \['conv_last\.bias'\].*unexpected keys \['extra\.weight'\]"
+    with pytest.raises(ValueError, match=msg):
         CLSR(backbone=TINY['MSRResNet'], pretrain_backbone=str(path))
     sd = plain.state_dict()
     sd['conv_first.weight'] = torch.zeros(16, 3, 5, 5)

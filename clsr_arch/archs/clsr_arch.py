@@ -182,14 +182,15 @@ class CLSR(nn.Module):
 
         s = self.adapter.head(roi_ops.crop(context, pboxes))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
+        origins, batch_index = pboxes[:, 1:3], pboxes[:, 0].to(context.device)
         if gcm_stage == 0:
-            s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0].to(context.device), state['gcm'])
+            s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
         for i in range(self.adapter.num_stages):
             s = self.adapter.stage(i, s)
             if self.pim is not None:
                 s['feat'] = self.pim.fuse_into(i, s['feat'], roi_ops.crop(state['pim'][i], pboxes))
             if gcm_stage == i + 1:
-                s['feat'] = s['feat'] + self.gcm(s['feat'], pboxes[:, 1:3], pboxes[:, 0].to(context.device), state['gcm'])
+                s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
         out = self.adapter.tail(s)
         left, top = pads[0], pads[1]
         sc = self.scale
