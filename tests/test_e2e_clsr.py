@@ -100,7 +100,8 @@ def trained(tiny_pairs, tmp_path_factory):
     run('train.py', train_opt(tiny_pairs, 6), tmp, '--auto_resume')
     logs = set(glob.glob(str(tmp / 'experiments' / NAME / f'train_{NAME}_*.log')))
     assert len(first_logs) == 1 and len(logs - first_logs) == 1
-    return tmp, first_logs.pop(), (logs - first_logs).pop()
+    (new_log,) = logs - first_logs  # before popping first_logs: the tuple is built left to right
+    return tmp, first_logs.pop(), new_log
 
 
 def test_train_logs_losses_and_lambda_schedule(trained):
