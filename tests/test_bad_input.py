@@ -27,7 +27,6 @@ if __name__ == '__main__':  # `python tests/test_bad_input.py`: print the doc ta
 
 import clsr_arch  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from basicsr.models import build_model  # noqa: E402
 from clsr_arch.data.context_roi_dataset import ContextROIDataset  # noqa: E402
 from clsr_arch.utils.checkpoint import CheckpointError  # noqa: E402
 from conftest import REPO, tiny_clsr_train_opt  # noqa: E402
@@ -207,7 +206,6 @@ def c_yaml_dataset_without_dataroot_lq(tmp, pairs, mp):
 
 
 def _plain_checkpoint(tmp, net_opt):
-    from basicsr.utils import get_root_logger  # noqa: F401
     torch.manual_seed(0)
     path = tmp / 'plain_msrresnet.pth'
     torch.save({'params': build_network(deepcopy(net_opt)).state_dict()}, path)
@@ -396,7 +394,7 @@ if __name__ == '__main__':
     import tempfile
     from pathlib import Path
 
-    from conftest import bicubic_lr, shared  # noqa: F401
+    from conftest import bicubic_lr
 
     class _MP:  # the two monkeypatch methods run_train_main uses, for a script run
         def setenv(self, k, v):

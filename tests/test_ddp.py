@@ -102,7 +102,8 @@ def test_two_process_cpu_training_validates_like_one_process_and_resumes(tiny_pa
         'datasets': {'test_1': val}, 'network_g': opt['network_g'],
         'path': {'pretrain_network_g': str(exp / 'models' / 'net_g_4.pth'), 'param_key_g': 'params_ema',
                  'strict_load_g': True},
-        'val': {'mode': 'clsr', 'save_img': False, 'save_roi': True, 'suffix': 'single', 'metrics': opt['val']['metrics']},
+        'val': {'mode': 'clsr', 'save_img': False, 'save_roi': True, 'suffix': 'single',
+                'metrics': opt['val']['metrics']},
     }
     run_test_main(test_opt, tmp_path, monkeypatch)
     results = tmp_path / 'results' / 'ddp_single'
