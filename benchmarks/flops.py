@@ -85,8 +85,8 @@ def check_targets(results, contexts):
     return rows
 
 
-def report(results, contexts, rois, device_line, command):
-    out = [f'Produced by `{command}` on {device_line}; counted on `meta` tensors with '
+def report(results, contexts, rois, device_line, command, count_device='meta'):
+    out = [f'Produced by `{command}` on {device_line}; counted on `{count_device}` tensors with '
            '`torch.utils.flop_counter` (FLOPs = 2 x MACs of convolutions and matmuls; element-wise ops, '
            'softmax and norms not counted). x4 SR, one ROI at the context centre, GFLOPs per ROI. '
            'Context sizes are the paper\'s Table 2 averages (about 1.8x per side the LR size of the '
@@ -143,8 +143,8 @@ def main(argv=None):
     # counting needs no compute: 'meta' unless the caller wants a real device exercised
     count_device = 'meta' if args.device == 'cpu' else args.device
     results = measure(names, contexts, rois, args.quick, count_device)
-    text = report(results, contexts, rois, common.env_line(args.device) + f', counted on {count_device}',
-                  common.command_line(__file__, argv))
+    text = report(results, contexts, rois, common.env_line(args.device), common.command_line(__file__, argv),
+                  count_device)
     print(text)
     common.write_section(args.out, SECTION, text)
     if args.json:
