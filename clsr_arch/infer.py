@@ -2,7 +2,8 @@
 with CLSR and compare it with the local SR strategies of the LocalSR paper (Sec. 1, Fig. 1;
 Sec. 4.2, Table 1): bicubic, pre-cropping (the plain backbone on the ROI alone, plus CLSR's own
 ``roi_pad`` pixels of context), CLSR (whole image as context, Sec. 3.5 "Inference") and
-post-cropping (the plain backbone on the whole image, then cropped).
+post-cropping (the plain backbone on the whole image, then cropped). The plain backbone is the
+official CARN-M by default (``--base-weights``).
 
     python -m clsr_arch.infer IMAGE --degrade --roi 40,30,24,24 --roi 10,60,48,48 --out results/infer
     python -m clsr_arch.infer LR.png --grid 24 --out results/infer
@@ -46,13 +47,14 @@ from clsr_arch.archs.clsr_arch import backbone_state_dict
 from clsr_arch.data.image_io import read_bgr8
 from clsr_arch.data.prep import bicubic_lr, mod_crop
 from clsr_arch.models.clsr_model import run_backbone
-from clsr_arch.utils.checkpoint import safe_load
+from clsr_arch.utils.checkpoint import CheckpointError, safe_load
 from clsr_arch.utils.figure import comparison_figure
 from clsr_arch.utils.flops import localsr_flops
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
 DEFAULT_WEIGHTS = osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth')
 DEFAULT_OPT = osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')
+OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
 METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')
 LABELS = {'bicubic': 'bicubic', 'pre_crop': 'pre-crop', 'clsr': 'CLSR (ours)', 'post_crop': 'post-crop',
           'gt': 'ground truth'}
@@ -157,7 +159,7 @@ def build_clsr(opt_path, weights_path):
         raise InferError(f'--opt {opt_path}: network_g: {err}') from None
     try:
         ckpt = safe_load(weights_path)
-    except ValueError as err:  # CheckpointError
+    except (CheckpointError, ValueError) as err:
         raise InferError(f'--weights: {err}') from None
     sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in params_of(ckpt, weights_path).items()}
     own = net.state_dict()
@@ -173,15 +175,33 @@ def build_clsr(opt_path, weights_path):
     return net.eval(), opt
 
 
+def resolve_base_weights(net, base_weights):
+    """``--base-weights`` -> a checkpoint path, or None for the CLSR's own base.
+
+    ``official`` (default): the official CARN-M (``../shared/data/weights/carn_m.pth``) when the
+    base is CARN-M -- the baselines the paper compares with -- else the CLSR's own base;
+    ``clsr``: the CLSR's own base; anything else: a plain-backbone checkpoint path."""
+    if base_weights == 'clsr':
+        return None
+    if base_weights == 'official':
+        if type(net.base).__name__ != 'CARN_M':
+            return None
+        if not osp.isfile(OFFICIAL_CARN_M):
+            raise InferError(f'--base-weights official: {OFFICIAL_CARN_M} missing (../shared/data must sit '
+                             'beside the repository; or pass --base-weights clsr / a checkpoint)')
+        return OFFICIAL_CARN_M
+    return base_weights
+
+
 def build_base(net, base_weights):
-    """The plain backbone for pre-/post-cropping: the CLSR's own base (the shipped model keeps
-    the official CARN-M weights frozen), or ``--base-weights`` loaded into a copy of it."""
+    """The plain backbone for pre-/post-cropping: a copy of the CLSR's base with
+    ``base_weights`` loaded (official multi-scale CARN-M files are mapped), or the base itself."""
     if not base_weights:
         return net.base
     base = copy.deepcopy(net.base)
     try:
         base.load_state_dict(backbone_state_dict(base_weights, base), strict=True)
-    except ValueError as err:
+    except (CheckpointError, ValueError) as err:
         raise InferError(f'--base-weights: {err}') from None
     return base.eval()
 
@@ -251,8 +271,12 @@ def gflops_per_size(net, lr_hw, sizes):
     """``{(w, h): {'bicubic', 'pre_crop', 'clsr', 'post_crop'}}`` GFLOPs per ROI."""
     out = {}
     for bw, bh in sizes:
-        f = localsr_flops(net, lr_hw, (bh, bw), device='cpu')
-        out[(bw, bh)] = {'bicubic': bicubic_flops(bh, bw, net.scale) / 1e9, 'pre_crop': f['pre_crop'],
+        f = localsr_flops(net, lr_hw, (bh, bw), device='cpu', strategies=('post_crop', 'clsr'))
+        # pre-crop runs on the ROI grown by CLSR's roi_pad (what run_methods does)
+        left, top, right, bottom = roi_ops.padding_for(bh, bw, net.roi_pad, net.adapter.multiple)
+        ph, pw = bh + top + bottom, bw + left + right
+        pre = localsr_flops(net, (ph, pw), (ph, pw), device='cpu', strategies=('pre_crop',))['pre_crop']
+        out[(bw, bh)] = {'bicubic': bicubic_flops(bh, bw, net.scale) / 1e9, 'pre_crop': pre,
                          'clsr': f['clsr'], 'post_crop': f['post_crop']}
     return out
 
@@ -275,7 +299,10 @@ def build_parser():
     p.add_argument('--grid', type=int, metavar='N', help='every N x N ROI of a non-overlapping grid')
     p.add_argument('--weights', default=DEFAULT_WEIGHTS, help='CLSR checkpoint (default: the shipped model)')
     p.add_argument('--opt', default=DEFAULT_OPT, help="YAML whose network_g builds the weights' network")
-    p.add_argument('--base-weights', help='plain-backbone checkpoint for pre/post-crop (default: the CLSR base)')
+    p.add_argument('--base-weights', default='official',
+                   help="plain backbone of pre-/post-crop: 'official' (default; CARN-M: the official weights "
+                        "in ../shared/data/weights/carn_m.pth, other backbones: the CLSR's base), 'clsr' (the "
+                        "CLSR's own base) or a checkpoint path")
     p.add_argument('--out', default='results/infer', help='output folder')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1, ...')
     p.add_argument('--max-figure-rois', type=int, default=6, help='ROIs shown in the figure (all are written)')
@@ -299,7 +326,8 @@ def infer(args):
     if args.grid:
         boxes += grid_boxes(lr.shape[:2], args.grid)
     net = net.to(device)
-    base = build_base(net, args.base_weights).to(device)
+    base_weights = resolve_base_weights(net, args.base_weights)
+    base = build_base(net, base_weights).to(device)
 
     outs, secs = run_methods(net, base, lr, boxes, device, progress=not args.quiet)
     flops = gflops_per_size(net.cpu(), lr.shape[:2], sorted({(b[2], b[3]) for b in boxes}))
@@ -316,7 +344,8 @@ def infer(args):
             f = osp.join(args.out, f'{stem}_roi{i}_{m}.png')
             cv2.imwrite(f, img)
             rec = {'seconds': secs[m][i], 'gflops': flops[(bw, bh)][m]}
-            label = f'{LABELS[m]}\n{secs[m][i] * 1e3:.0f} ms, {rec["gflops"]:.3g} GFLOPs'
+            name = f'pre-crop (pad {net.roi_pad})' if m == 'pre_crop' else LABELS[m]
+            label = f'{name}\n{secs[m][i] * 1e3:.0f} ms, {rec["gflops"]:.3g} GFLOPs'
             if gt is not None:
                 rec.update(psnr_ssim(img, gt))
                 label += f'\nPSNR-Y {rec["psnr_y"]:.2f} dB'
@@ -336,6 +365,7 @@ def infer(args):
                       title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
     result = {'image': args.image, 'lr_size': [lr.shape[1], lr.shape[0]], 'scale': s, 'weights': args.weights,
+              'base_weights': base_weights or 'the CLSR base',
               'figure': figure, 'rois': rois}
     if hr is not None:
         result['mean'] = {m: {k: float(np.mean([r['methods'][m][k] for r in rois])) for k in ('psnr', 'psnr_y', 'ssim_y')}

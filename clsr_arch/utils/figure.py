@@ -67,3 +67,61 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------- training curves
+_ITER_RE = r'iter:\s*([\d,]+).*\]\s+(.*)$'  # greedy: the values follow the last ']'
+_VAL_RE = r'#\s*(\w+):\s*([-\d.eE+]+)\s+Best'
+
+
+def parse_train_log(path):
+    """BasicSR train log -> (``{name: [(iter, value)]}`` of the logged losses/lambda,
+    ``{metric: [(iter, value)]}`` of the validations)."""
+    import re
+
+    losses, vals = {}, {}
+    last_iter = 0
+    with open(path) as f:
+        for line in f:
+            m = re.search(_ITER_RE, line)
+            if m and 'lr:(' in line:
+                last_iter = int(m.group(1).replace(',', ''))
+                for name, value in re.findall(r'(\w+): ([-\d.eE+]+)', m.group(2)):
+                    losses.setdefault(name, []).append((last_iter, float(value)))
+                continue
+            v = re.search(_VAL_RE, line)
+            if v:  # "Best: x @ n iter" names the best iteration, not this one: use the last train iter
+                vals.setdefault(v.group(1), []).append((last_iter, float(v.group(2))))
+    return losses, vals
+
+
+def training_curves(log_path, png_path, baselines=None):
+    """PNG of the losses (log scale), lambda, and validation PSNRs of a BasicSR train log;
+    ``baselines``: ``{label: value}`` horizontal lines on the PSNR panel (e.g. pre-crop)."""
+    losses, vals = parse_train_log(log_path)
+    if not losses:
+        raise ValueError(f'{log_path}: no training iterations logged')
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=100)
+    for name, pts in losses.items():
+        if name == 'lambda':
+            axes[1].plot(*zip(*pts), label=name)
+        else:
+            axes[0].plot(*zip(*pts), label=name)
+    axes[0].set_yscale('log')
+    axes[0].set_title('training losses (L1)')
+    axes[1].set_title('context loss weight lambda')
+    for name, pts in vals.items():
+        axes[2].plot(*zip(*pts), marker='o', label=f'CLSR {name}')
+    for label, value in (baselines or {}).items():
+        axes[2].axhline(value, linestyle='--', linewidth=1, color='grey')
+        axes[2].text(axes[2].get_xlim()[0], value, f' {label}', fontsize=7, va='bottom', color='grey')
+    axes[2].set_title('validation (Set5, 24x24 ROI grid, dB)')
+    for ax in axes:
+        ax.set_xlabel('iteration')
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
