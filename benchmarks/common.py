@@ -20,10 +20,8 @@ if REPO not in sys.path:  # scripts run as `python benchmarks/x.py` from anywher
     sys.path.insert(0, REPO)
 
 import clsr_arch  # noqa: E402,F401  (basicsr compat + registries; must precede basicsr use)
-from basicsr.archs import build_network  # noqa: E402
 
 from clsr_arch.archs import roi as roi_ops  # noqa: E402
-from clsr_arch.archs.backbone_adapters import get_adapter  # noqa: E402
 
 DOC = osp.join(REPO, 'docs', 'benchmarks.md')
 SCALE = 4

@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from clsr_arch.archs import roi as roi_ops  # noqa: E402
 from clsr_arch.utils.flops import localsr_flops  # noqa: E402
 
 SECTION_ROI = 'latency-roi'
@@ -214,7 +213,8 @@ def report(res, args, contexts, device_line, command):
                            f'{"met" if sp < 1 else "missed"})')
     grid_text = '\n'.join(grid + [common.markdown_table(header, rows), ''] + gchecks)
     return '\n'.join(out), f'Produced by the same run as the per-ROI table (`{command}`, {device_line}); ' \
-        f'median of {args.grid_repeats} interleaved runs (kernels warm from the per-ROI runs); CLSR decodes the grid in chunks of {args.chunk} ROIs.' \
+        f'median of {args.grid_repeats} interleaved runs (kernels warm from the per-ROI runs); ' \
+        f'CLSR decodes the grid in chunks of {args.chunk} ROIs.' \
         f'\n\n' + grid_text
 
 

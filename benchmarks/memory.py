@@ -10,9 +10,9 @@ once imports, network construction and a warm-up on a context of twice the ROI a
 the resident size at that point: without the reset the counter still holds import transients and,
 in a subprocess, the parent's RSS inherited through fork + exec. On CUDA
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before the pass. The context
-tensor itself (12 bytes per LR pixel) is included in the peak. Targets: within 4 GiB on CPU up to a 2048x2048 LR context, and growing
-no faster than linearly in context pixels (bytes per context pixel printed for each size, the
-local growth exponent d log(peak) / d log(pixels) between consecutive sizes, and a least-squares
+tensor itself (12 bytes per LR pixel) is included in the peak. Targets: within 4 GiB on CPU up
+to a 2048x2048 LR context, and growing no faster than linearly in context pixels (bytes per
+context pixel printed for each size, the local growth exponent d log(peak) / d log(pixels) between consecutive sizes, and a least-squares
 line peak = a + b * pixels).
 
     .venv/bin/python benchmarks/memory.py                     # SRResNet, CARN_M, SwinIR-light
@@ -149,7 +149,8 @@ def main(argv=None):
     parser.add_argument('--backbones', default='default', help='comma list, "default" or "all"')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--roi', type=int, default=None, help='ROI side (default 24; --quick: 8)')
-    parser.add_argument('--sizes', default=None, help='comma list of HxW LR context sizes (default: BSD100 .. 2048x2048)')
+    parser.add_argument('--sizes', default=None,
+                        help='comma list of HxW LR context sizes (default: BSD100 .. 2048x2048)')
     parser.add_argument('--json', default=None)
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--backbone', help=argparse.SUPPRESS)
@@ -182,9 +183,11 @@ def main(argv=None):
             print(f'{name:12s} {label:15s} {hw[0]}x{hw[1]}: peak {r["peak"] / 2**20:8.1f} MiB  '
                   f'({r["peak"] / r["pixels"]:.0f} B/px; shared state {r["state"] / 2**20:.1f} MiB)', flush=True)
 
-    what = 'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'peak RSS = VmHWM after a reset, i.e. ru_maxrss'
+    what = ('torch.cuda.max_memory_allocated' if args.device == 'cuda'
+            else 'peak RSS = VmHWM after a reset, i.e. ru_maxrss')
     text = [f'Produced by `{common.command_line(__file__, argv)}` on {common.env_line(args.device, args.threads)}. '
-            f'Peak memory ({what}, minus the resident size after imports, building the network and a warm-up on a 2x-ROI context) of one CLSR '
+            f'Peak memory ({what}, minus the resident size after imports, building the network and a '
+            f'warm-up on a 2x-ROI context) of one CLSR '
             f'inference: shared context pass + decode of one {args.roi}x{args.roi} ROI, x4, '
             f'`torch.no_grad()`, every size in a fresh subprocess. "state" = the tensors the shared pass '
             'keeps for all ROIs (context, PIM stage features, GCM keys/values). Growth exponent: '
