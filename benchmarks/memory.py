@@ -12,8 +12,8 @@ in a subprocess, the parent's RSS inherited through fork + exec. On CUDA
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before the pass. The context
 tensor itself (12 bytes per LR pixel) is included in the peak. Targets: within 4 GiB on CPU up
 to a 2048x2048 LR context, and growing no faster than linearly in context pixels (bytes per
-context pixel printed for each size, the local growth exponent d log(peak) / d log(pixels) between consecutive sizes, and a least-squares
-line peak = a + b * pixels).
+context pixel printed for each size, the local growth exponent d log(peak) / d log(pixels)
+between consecutive sizes, and a least-squares line peak = a + b * pixels).
 
     .venv/bin/python benchmarks/memory.py                     # SRResNet, CARN_M, SwinIR-light
     .venv/bin/python benchmarks/memory.py --backbones all
