@@ -126,7 +126,7 @@ class CLSR(nn.Module):
         else:
             self.gcm = None
 
-        self.pim_opt = _options('pim', pim, {'ratio': 0.1}, PIM_KEYS)
+        self.pim_opt = _options('pim', pim, {'ratio': 0.1, **defaults.get('pim', {})}, PIM_KEYS)
         if self.pim_opt is not None:
             self.pim = ProximityIntegrationBranch(self.adapter.num_feat, self.adapter.num_stages, self.scale,
                                                   self.pim_opt['ratio'], self.adapter.group)
