@@ -249,8 +249,9 @@ def run_methods(net, base, lr, boxes, device, progress=True):
 
             pad = pads.setdefault((bw, bh), roi_ops.padding_for(bh, bw, net.roi_pad, net.adapter.multiple))
             t0 = time.perf_counter()
-            crop = roi_ops.crop(x, roi_ops.pad_boxes(box, pad))
-            sr = run_backbone(base, crop, s)[:, :, s * pad[1]:s * (pad[1] + bh), s * pad[0]:s * (pad[0] + bw)]
+            # the same padded window as CLSR's base branch (real context, shifted inward at borders)
+            pbox, offset = roi_ops.place_inside(roi_ops.pad_boxes(box, pad), box, x.shape[-2:], net.adapter.multiple)
+            sr = roi_ops.crop_outputs(run_backbone(base, roi_ops.crop(x, pbox), s), offset, bh, bw, s)
             sync(device)
             secs['pre_crop'].append(time.perf_counter() - t0)
             outs['pre_crop'].append(tensor2img(sr.cpu()))

@@ -58,9 +58,9 @@ def reference(plain, net, context, boxes):
     """The plain backbone on each ROI padded like CLSR pads it, cropped back."""
     h, w = roi_ops.box_size(boxes)
     pads = roi_ops.padding_for(h, w, net.roi_pad, net.adapter.multiple)
-    out = plain(roi_ops.crop(context, roi_ops.pad_boxes(boxes, pads)))
-    s = net.scale
-    return out[:, :, s * pads[1]:s * (pads[1] + h), s * pads[0]:s * (pads[0] + w)]
+    pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, context.shape[-2:],
+                                          net.adapter.multiple)
+    return roi_ops.crop_outputs(plain(roi_ops.crop(context, pboxes)), offsets, h, w, net.scale)
 
 
 def perturb_context_modules(net, std=1.0):
@@ -107,6 +107,29 @@ def test_crop_uses_context_and_reflects_past_border():
     t = torch.arange(3.).view(1, 1, 1, 3)
     assert roi_ops.crop(t, torch.tensor([[0, -4, 0, 10, 1]])).flatten().tolist() == \
         [0., 1., 2., 1., 0., 1., 2., 1., 0., 1.]
+
+
+def test_place_inside_shifts_padding_inward_and_crops_back():
+    # 24x24 ROIs padded by 2 in a 40 (H) x 30 (W) context: interior, left/top corner, right edge
+    boxes = torch.tensor([[0, 3, 5, 24, 24], [0, 0, 0, 24, 24], [0, 6, 16, 24, 24]])
+    pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, (2, 2, 2, 2)), boxes, (40, 30))
+    assert pboxes.tolist() == [[0, 1, 3, 28, 28], [0, 0, 0, 28, 28], [0, 2, 12, 28, 28]]
+    assert offsets.tolist() == [[2, 2], [0, 0], [4, 4]]
+    # every padded pixel is real context: the crop never mirrors
+    ctx = torch.arange(40 * 30, dtype=torch.float).view(1, 1, 40, 30)
+    crops = roi_ops.crop(ctx, pboxes)
+    for (_, x, y, w, h), c in zip(pboxes.tolist(), crops):
+        assert torch.equal(c[0], ctx[0, 0, y:y + h, x:x + w])
+    # ... and the ROI is cut back from where it sits in its crop (scale 1 here)
+    rois = roi_ops.crop_outputs(crops, offsets, 24, 24, 1)
+    for (_, x, y, w, h), r in zip(boxes.tolist(), rois):
+        assert torch.equal(r[0], ctx[0, 0, y:y + h, x:x + w])
+    # a padded side longer than the context is cut to it (multiple 1) or left to mirror (SwinIR)
+    tall = torch.tensor([[0, 2, 0, 24, 24]])  # context 24 high: no room for padding in y
+    cut, off = roi_ops.place_inside(roi_ops.pad_boxes(tall, (2, 2, 2, 2)), tall, (24, 30))
+    assert cut.tolist() == [[0, 0, 0, 28, 24]] and off.tolist() == [[2, 0]]
+    kept, off = roi_ops.place_inside(roi_ops.pad_boxes(tall, (2, 2, 2, 2)), tall, (24, 30), multiple=4)
+    assert kept.tolist() == [[0, 0, -2, 28, 28]] and off.tolist() == [[2, 2]]
 
 
 def test_padding_and_window_grid():

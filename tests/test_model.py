@@ -167,23 +167,23 @@ def test_post_crop_equals_cropping_whole_image_output(tmp_path):
     assert torch.equal(model.roi_outputs[4], full[0, :, 4 * y:4 * (y + h), 4 * x:4 * (x + w)])
 
 
-def test_pre_crop_runs_on_roi_alone_with_mirrored_padding(tmp_path):
+def test_pre_crop_runs_on_roi_alone_with_inward_padding(tmp_path):
     net, path = saved_plain_net(tmp_path, TINY_SRRESNET)
     item = val_item('head.png', (96, 96), 8)
     lq = item['lq']
-    for pad in (0, 3):
+    for pad in (3, 0):  # pad 0 last: compared with post-crop below
         model = build_model(make_opt(tmp_path, TINY_SRRESNET, 'pre_crop', pretrain=path, pre_crop_pad=pad))
         model.feed_data(item)
         model.test()
-        # ROI (8, 0): at the top border the padding rows are mirrored, inside it is real context
+        # ROI (8, 0): at the top border the padded window is shifted down (all 2*pad context rows
+        # below the ROI, none mirrored: roi.place_inside); left/right it is real context
         x, y = 8, 0
         i = model.rois.tolist().index([x, y, 8, 8])
-        padded = torch.nn.functional.pad(lq, (pad, pad, pad, pad), mode='reflect') if pad else lq
-        crop = padded[..., y:y + 8 + 2 * pad, x:x + 8 + 2 * pad]
+        crop = lq[..., 0:8 + 2 * pad, x - pad:x + 8 + pad]
         with torch.no_grad():
-            ref = net(crop)[0, :, 4 * pad:4 * (pad + 8), 4 * pad:4 * (pad + 8)]
+            ref = net(crop)[0, :, 0:32, 4 * pad:4 * (pad + 8)]
         assert torch.allclose(model.roi_outputs[i], ref, atol=1e-6)
-    # pre-crop loses context: its ROIs differ from post-crop's
+    # pre-crop without padding loses context: its ROIs differ from post-crop's
     post = build_model(make_opt(tmp_path, TINY_SRRESNET, 'post_crop', pretrain=path))
     post.feed_data(item)
     post.test()

@@ -5,8 +5,8 @@ Three branches (Sec. 3.1):
 
 * **base** (``net.base``): the plain backbone module, built by ``build_network(backbone)``, run
   through its stage adapter (:mod:`.backbone_adapters`) on the ROI padded by ``roi_pad`` LR
-  pixels of real context (mirrored only past the context border, then to a multiple of SwinIR's
-  window) and cropped back to ``s*h x s*w``;
+  pixels of real context (shifted inward at the context border, ``roi.place_inside``; then to a
+  multiple of SwinIR's window) and cropped back to ``s*h x s*w``;
 * **global context** (``net.gcm``, Sec. 3.2): N subsampled ``r x r`` context windows encoded by
   the base's own head and first ``gcm.stage`` stages (shared weights), attended to from the base
   feature after stage ``gcm.stage`` and added there once (Sec. 4.1);
@@ -178,7 +178,9 @@ class CLSR(nn.Module):
         boxes = roi_ops.validate_boxes(boxes, context.shape)
         h, w = roi_ops.box_size(boxes)
         pads = roi_ops.padding_for(h, w, self.roi_pad, self.adapter.multiple)
-        pboxes = roi_ops.pad_boxes(boxes, pads)  # on CPU; crop() moves them
+        # padding from real context, shifted inward at the context border (roi.place_inside)
+        pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, context.shape[-2:],
+                                                  self.adapter.multiple)
 
         s = self.adapter.head(roi_ops.crop(context, pboxes))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
@@ -191,10 +193,7 @@ class CLSR(nn.Module):
                 s['feat'] = self.pim.fuse_into(i, s['feat'], roi_ops.crop(state['pim'][i], pboxes))
             if gcm_stage == i + 1:
                 s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
-        out = self.adapter.tail(s)
-        left, top = pads[0], pads[1]
-        sc = self.scale
-        return out[:, :, sc * top:sc * (top + h), sc * left:sc * (left + w)]
+        return roi_ops.crop_outputs(self.adapter.tail(s), offsets, h, w, self.scale)
 
     def predict_context(self, state):
         """The PIM's HR context ``Y_P`` ``[B, 3, sH, sW]`` (training loss only)."""

@@ -89,6 +89,44 @@ def pad_boxes(boxes, pads):
     return out
 
 
+def place_inside(pboxes, boxes, context_hw, multiple=1):
+    """Shift padded boxes ``pboxes`` (``pad_boxes(boxes, pads)``) to lie inside the context
+    where they fit, so the padding is real context on every side it can be: a ROI at the
+    image border gets its context pixels from the inner side instead of mirrored ones. A
+    padded side longer than the context is cut to the context (the whole context side) when
+    ``multiple`` is 1; with a size multiple (SwinIR) it is left in place and ``crop`` mirrors.
+    All boxes of one call share one size and one context size, so the result does too.
+
+    Why: a backbone trained with zero-padded convolutions restores pixels at a border best
+    from the border itself (as post-cropping does); mirrored pixels past the image border cost
+    CARN-M about 0.2 dB on Set5's border ROIs (docs/results.md).
+
+    Returns ``(shifted LongTensor[R, 5], offsets LongTensor[R, 2])``, ``offsets`` = ``(x, y)``
+    of each ROI inside its padded crop (LR pixels).
+    """
+    hc, wc = int(context_hw[0]), int(context_hw[1])
+    out = pboxes.clone()
+    for axis, size in ((1, wc), (2, hc)):  # x with width (col 3), y with height (col 4)
+        if multiple == 1:
+            out[:, axis + 2] = torch.clamp(out[:, axis + 2], max=size)
+        length = out[:, axis + 2]
+        fits = length <= size
+        moved = torch.minimum(torch.clamp(out[:, axis], min=0), size - length)
+        out[:, axis] = torch.where(fits, moved, out[:, axis])
+    return out, boxes[:, 1:3] - out[:, 1:3]
+
+
+def crop_outputs(out, offsets, h, w, scale):
+    """``[R, C, s*h, s*w]``: each output of a padded crop cut back to its ROI (``offsets``
+    from :func:`place_inside`, LR pixels)."""
+    offs = offsets.tolist()
+    if all(o == offs[0] for o in offs):  # one slice for the whole batch (interior ROIs)
+        x, y = offs[0]
+        return out[:, :, scale * y:scale * (y + h), scale * x:scale * (x + w)]
+    return torch.stack([out[i, :, scale * y:scale * (y + h), scale * x:scale * (x + w)]
+                        for i, (x, y) in enumerate(offs)])
+
+
 def reflect_index(idx, size):
     """Map integer coordinates onto ``[0, size)`` by mirroring about the border pixels
     (``torch.nn.functional.pad(mode='reflect')`` semantics, repeated for any distance)."""

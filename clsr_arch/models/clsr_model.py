@@ -322,18 +322,20 @@ class CLSRModel(SRModel):
 
     def _test_pre_crop(self, backbone):
         """Backbone on each ROI grown by ``val.pre_crop_pad`` LR pixels (plus right/bottom up to
-        the backbone's size multiple), cropped back. The padding is real context inside the
-        image and mirrored past its border -- exactly what CLSR's base branch sees
-        (``roi.pad_boxes`` + ``roi.crop``), so CLSR at initialisation matches this baseline."""
+        the backbone's size multiple), cropped back. The padding is real context, shifted inward
+        at the image border and cut to the image where it is larger (roi.place_inside) --
+        exactly what CLSR's base branch sees (``roi.pad_boxes`` + ``roi.place_inside`` +
+        ``roi.crop``), so CLSR at initialisation matches this baseline."""
         s = self.scale
         outs = [None] * len(self.rois)
         for (w, h), idx in self._groups([tuple(r[2:]) for r in self.rois.tolist()]):
-            left, top, right, bottom = roi_ops.padding_for(h, w, self.pre_crop_pad, self.size_multiple)
+            pads = roi_ops.padding_for(h, w, self.pre_crop_pad, self.size_multiple)
             boxes = torch.cat([torch.zeros(len(idx), 1, dtype=torch.long), self.rois[idx]], 1)
-            crops = roi_ops.crop(self.lq, roi_ops.pad_boxes(boxes, (left, top, right, bottom)))
-            sr = run_backbone(backbone, crops, s)
+            pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, self.lq.shape[-2:],
+                                                    self.size_multiple)
+            sr = roi_ops.crop_outputs(run_backbone(backbone, roi_ops.crop(self.lq, pboxes), s), offsets, h, w, s)
             for j, i in enumerate(idx):
-                outs[i] = sr[j, :, s * top:s * (top + h), s * left:s * (left + w)]
+                outs[i] = sr[j]
         return outs
 
     def _test_bicubic(self):
