@@ -48,7 +48,8 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
         c = box_colour(i)
         # pixel (x, y) covers [x - 0.5, x + 0.5] in imshow coordinates
         ax.add_patch(patches.Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=c, linewidth=1.8))
-        ax.text(x - 0.5, y - 1.5, str(i), color=c, fontsize=9, fontweight='bold', va='bottom')
+        ax.text(x + 0.5, y + 0.5, str(i), color='white', fontsize=9, fontweight='bold', va='top',
+                bbox=dict(facecolor=c, edgecolor='none', pad=1.0))
     ax.set_title(f'LR context {w}x{h} (x{len(boxes)} ROIs)', fontsize=9)
     ax.axis('off')
 
@@ -96,31 +97,27 @@ def parse_train_log(path):
 
 
 def training_curves(log_path, png_path, baselines=None):
-    """PNG of the losses (log scale), lambda, and validation PSNRs of a BasicSR train log;
-    ``baselines``: ``{label: value}`` horizontal lines on the PSNR panel (e.g. pre-crop)."""
+    """PNG of the losses (log scale), lambda, and one panel per validation metric of a BasicSR
+    train log; ``baselines``: ``{metric: {label: value}}`` dashed lines on that metric's panel."""
     losses, vals = parse_train_log(log_path)
     if not losses:
         raise ValueError(f'{log_path}: no training iterations logged')
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=100)
+    fig, axes = plt.subplots(1, 2 + len(vals), figsize=(4.6 * (2 + len(vals)), 3.8), dpi=100)
     for name, pts in losses.items():
-        if name == 'lambda':
-            axes[1].plot(*zip(*pts), label=name)
-        else:
-            axes[0].plot(*zip(*pts), label=name)
+        (axes[1] if name == 'lambda' else axes[0]).plot(*zip(*pts), label=name)
     axes[0].set_yscale('log')
     axes[0].set_title('training losses (L1)')
     axes[1].set_title('context loss weight lambda')
-    for name, pts in vals.items():
-        axes[2].plot(*zip(*pts), marker='o', label=f'CLSR {name}')
-    for label, value in (baselines or {}).items():
-        axes[2].axhline(value, linestyle='--', linewidth=1, color='grey')
-        axes[2].text(axes[2].get_xlim()[0], value, f' {label}', fontsize=7, va='bottom', color='grey')
-    axes[2].set_title('validation (Set5, 24x24 ROI grid, dB)')
+    for ax, (name, pts) in zip(axes[2:], vals.items()):
+        ax.plot(*zip(*pts), marker='o', label=f'CLSR (EMA) {name}')
+        for i, (label, value) in enumerate(((baselines or {}).get(name) or {}).items()):
+            ax.axhline(value, linestyle='--', linewidth=1, color=f'C{i + 1}', label=label)
+        ax.set_title(f'validation {name} (Set5, 24x24 ROI grid, dB)', fontsize=9)
     for ax in axes:
         ax.set_xlabel('iteration')
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path)
     plt.close(fig)
