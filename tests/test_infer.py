@@ -76,7 +76,7 @@ def test_degrade_writes_every_promised_file_with_the_right_values(tmp_path, caps
             assert rec['gflops'] > 0 and rec['seconds'] >= 0
         # CLSR with zero context injections is exactly pre-cropping with CLSR's roi_pad
         np.testing.assert_array_equal(imgs['clsr'], imgs['pre_crop'])
-        # the learned methods are not bicubic, and bicubic is far from the ground truth less than noise
+        # the network outputs differ from bicubic, and bicubic is a sane upscaling (PSNR > 15 dB)
         assert np.abs(imgs['post_crop'].astype(int) - imgs['bicubic']).mean() > 1
         assert roi['methods']['bicubic']['psnr'] > 15
         # per ROI: GFLOPs grow bicubic < pre-crop < post-crop (whole 24x25 image)
