@@ -33,6 +33,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """For modules of many tiny ops: on a shared, oversubscribed 2-core machine two OpenMP
+    threads spin-wait on each other (measured: 5 s vs 15 ms for one tiny CLSR decode), one
+    thread does not. Restored afterwards for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared(*parts):
     path = osp.join(SHARED_DATA, *parts)
     if not osp.exists(path):

@@ -30,14 +30,8 @@ GCM = {'window': 6, 'num_windows': 6, 'heads': 2, 'stage': 1}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: on a shared, oversubscribed 2-core machine two OpenMP
-    threads spin-wait on each other (measured: 5 s vs 15 ms for one tiny CLSR decode), one
-    thread does not. Restored afterwards for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Many tiny ops: one torch thread (see conftest.one_torch_thread)."""
 
 
 def plain_and_clsr(name, tmp_path, **kwargs):

@@ -13,14 +13,8 @@ from clsr_arch.utils.flops import (BSD100_HW, PAPER_BACKBONES, URBAN100_HW, buil
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: on a shared, oversubscribed 2-core machine two OpenMP
-    threads spin-wait on each other (measured: 5 s vs 15 ms for one tiny CLSR decode), one
-    thread does not. Restored afterwards for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Many tiny ops: one torch thread (see conftest.one_torch_thread)."""
 
 
 def test_count_flops_single_conv_matches_hand_count():
