@@ -21,7 +21,8 @@ if REPO not in sys.path:  # scripts run as `python benchmarks/x.py` from anywher
 
 import clsr_arch  # noqa: E402,F401  (basicsr compat + registries; must precede basicsr use)
 
-from clsr_arch.archs import roi as roi_ops  # noqa: E402
+from clsr_arch.archs.backbone_adapters import run_backbone  # noqa: E402
+from clsr_arch.data.context_roi_dataset import validation_grid  # noqa: E402
 
 DOC = osp.join(REPO, 'docs', 'benchmarks.md')
 SCALE = 4
@@ -133,14 +134,8 @@ def check_device(device):
 
 
 def plain_run(adapter, x):
-    """Plain backbone on ``x`` (mirror-padded to the backbone's size multiple, output cropped)."""
-    b, _, h, w = x.shape
-    pads = roi_ops.padding_for(h, w, 0, adapter.multiple)
-    if pads == (0, 0, 0, 0):
-        return adapter.run(x)
-    boxes = torch.tensor([[i, 0, 0, w, h] for i in range(b)])
-    out = adapter.run(roi_ops.crop(x, roi_ops.pad_boxes(boxes, pads)))
-    return out[:, :, :adapter.scale * h, :adapter.scale * w]
+    """Plain backbone on ``x`` (padded to the backbone's size multiple, output cropped)."""
+    return run_backbone(adapter.run, x, adapter.scale, adapter.multiple)
 
 
 def centre_box(context_hw, roi_hw):
@@ -151,12 +146,12 @@ def centre_box(context_hw, roi_hw):
 
 
 def roi_grid(context_hw, roi_hw):
-    """The non-overlapping ROI grid (row-major) covering the context's top-left multiple of the ROI."""
+    """The evaluation's non-overlapping ROI grid (row-major) as boxes ``(0, x, y, w, h)``."""
     (H, W), (h, w) = context_hw, roi_hw
-    rows = [[0, x, y, w, h] for y in range(0, H - h + 1, h) for x in range(0, W - w + 1, w)]
-    if not rows:
+    if h > H or w > W:
         raise ValueError(f'ROI {h}x{w} larger than context {H}x{W}')
-    return torch.tensor(rows)
+    rois, _ = validation_grid(H, W, h, w)
+    return torch.cat([torch.zeros(len(rois), 1, dtype=torch.long), rois], 1)
 
 
 def sync(device):

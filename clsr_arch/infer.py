@@ -43,10 +43,11 @@ from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
 
 from clsr_arch.archs import roi as roi_ops
+from clsr_arch.archs.backbone_adapters import run_backbone
 from clsr_arch.archs.clsr_arch import backbone_state_dict
+from clsr_arch.data.context_roi_dataset import validation_grid
 from clsr_arch.data.image_io import read_bgr8
 from clsr_arch.data.prep import bicubic_lr, mod_crop
-from clsr_arch.models.clsr_model import run_backbone
 from clsr_arch.utils.checkpoint import CheckpointError, safe_load
 from clsr_arch.utils.figure import comparison_figure
 from clsr_arch.utils.flops import localsr_flops
@@ -92,7 +93,7 @@ def grid_boxes(lr_hw, size):
     H, W = lr_hw
     if size < 1 or size > min(H, W):
         raise InferError(f'--grid {size}: needs 1 <= size <= {min(H, W)} (the {W}x{H} LR image)')
-    return [(x, y, size, size) for y in range(0, H - size + 1, size) for x in range(0, W - size + 1, size)]
+    return [tuple(r) for r in validation_grid(H, W, size, size)[0].tolist()]
 
 
 def read_image(path, what):
@@ -236,7 +237,7 @@ def run_methods(net, base, lr, boxes, device, progress=True):
         sync(device)
         context_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        full = run_backbone(base, x, s)
+        full = run_backbone(base, x, s, net.adapter.multiple)  # SwinIR: pad to its window
         sync(device)
         post_s = time.perf_counter() - t0
         pads = {}

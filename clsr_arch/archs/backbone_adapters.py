@@ -243,3 +243,20 @@ def get_adapter(net):
             return adapter(net)
     names = ', '.join(cls.__name__ for cls, _ in ADAPTERS)
     raise ValueError(f'CLSR has no stage adapter for backbone type {type(net).__name__!r}; supported: {names}')
+
+
+def run_backbone(net, lq, scale, size_multiple=1):
+    """Plain SR network on ``lq`` [B, 3, h, w]; reflect-pads bottom/right to ``size_multiple``
+    (SwinIR's window) and crops the output back to ``scale*h x scale*w``."""
+    h, w = lq.shape[-2:]
+    pad_h, pad_w = (-h) % size_multiple, (-w) % size_multiple
+    x = lq
+    if pad_h or pad_w:
+        # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
+        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+        x = F.pad(lq, (0, pad_w, 0, pad_h), mode=mode)
+    out = net(x)
+    if out.shape[-2:] != (scale * x.shape[-2], scale * x.shape[-1]):
+        raise ValueError(f'backbone output {tuple(out.shape)} is not x{scale} of its input '
+                         f'{tuple(x.shape)}: check the option `scale`')
+    return out[..., :scale * h, :scale * w]

@@ -28,7 +28,6 @@ import os.path as osp
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from basicsr.losses import build_loss
@@ -39,7 +38,7 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from clsr_arch.archs import roi as roi_ops
-from clsr_arch.archs.backbone_adapters import get_adapter
+from clsr_arch.archs.backbone_adapters import get_adapter, run_backbone
 
 from .lambda_schedule import LambdaSchedule
 
@@ -68,23 +67,6 @@ def size_multiple_of(backbone):
         return int(get_adapter(backbone).multiple)
     except ValueError:
         return 1
-
-
-def run_backbone(net, lq, scale, size_multiple=1):
-    """Plain SR network on ``lq`` [B, 3, h, w]; reflect-pads bottom/right to ``size_multiple``
-    (SwinIR's window) and crops the output back to ``scale*h x scale*w``."""
-    h, w = lq.shape[-2:]
-    pad_h, pad_w = (-h) % size_multiple, (-w) % size_multiple
-    x = lq
-    if pad_h or pad_w:
-        # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
-        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-        x = F.pad(lq, (0, pad_w, 0, pad_h), mode=mode)
-    out = net(x)
-    if out.shape[-2:] != (scale * x.shape[-2], scale * x.shape[-1]):
-        raise ValueError(f'backbone output {tuple(out.shape)} is not x{scale} of its input '
-                         f'{tuple(x.shape)}: check the option `scale`')
-    return out[..., :scale * h, :scale * w]
 
 
 class MetricAverager:

@@ -61,16 +61,6 @@ def _on_device(net_or_opt, device):
     return copy.deepcopy(net_or_opt).to(device).eval()
 
 
-def _padded_run(adapter, x):
-    """The plain backbone on ``x``, mirror-padded to the backbone's size multiple (SwinIR)."""
-    from clsr_arch.archs import roi as roi_ops
-    b, _, h, w = x.shape
-    pads = roi_ops.padding_for(h, w, 0, adapter.multiple)
-    boxes = torch.tensor([[i, 0, 0, w, h] for i in range(b)])
-    out = adapter.run(roi_ops.crop(x, roi_ops.pad_boxes(boxes, pads)))
-    return out[:, :, :adapter.scale * h, :adapter.scale * w]
-
-
 def localsr_flops(net_or_opt, context_hw, roi_hw=(24, 24), device='meta',
                   strategies=('pre_crop', 'post_crop', 'clsr'), **clsr_kwargs):
     """Per-ROI GFLOPs ``{'pre_crop', 'post_crop', 'clsr', 'clsr_context', 'clsr_roi'}`` for one
@@ -88,7 +78,7 @@ def localsr_flops(net_or_opt, context_hw, roi_hw=(24, 24), device='meta',
         strategies: which of the three to count (post-crop of a big context on SwinIR is the
             slow one: its shifted-window masks are rebuilt per block on the CPU).
     """
-    from clsr_arch.archs.backbone_adapters import get_adapter
+    from clsr_arch.archs.backbone_adapters import get_adapter, run_backbone
     from clsr_arch.archs.clsr_arch import CLSR
 
     if isinstance(net_or_opt, dict) and net_or_opt.get('type') != 'CLSR':
@@ -113,9 +103,9 @@ def localsr_flops(net_or_opt, context_hw, roi_hw=(24, 24), device='meta',
         raise ValueError(f'localsr_flops: unknown strategies {sorted(unknown)}')
     out = {}
     if 'pre_crop' in strategies:
-        out['pre_crop'] = count_flops(_padded_run, adapter, roi) / 1e9
+        out['pre_crop'] = count_flops(run_backbone, adapter.run, roi, adapter.scale, adapter.multiple) / 1e9
     if 'post_crop' in strategies:
-        out['post_crop'] = count_flops(_padded_run, adapter, context) / 1e9
+        out['post_crop'] = count_flops(run_backbone, adapter.run, context, adapter.scale, adapter.multiple) / 1e9
     if 'clsr' in strategies:
         # Sec. 3.4: one context pass O_G(HW) + O_P(HW), shared by all ROIs, plus O(hw) per ROI
         out['clsr_context'] = count_flops(net.encode_context, context) / 1e9
