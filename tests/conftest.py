@@ -3,12 +3,11 @@ import os
 import os.path as osp
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
 import clsr_arch  # noqa: F401  (compat + registries)
-from basicsr.utils.matlab_functions import imresize
+from clsr_arch.data.prep import bicubic_lr  # the paper's LR, also imported from here by tests
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
 SHARED_DATA = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data'))
@@ -49,12 +48,6 @@ def shared(*parts):
     if not osp.exists(path):
         pytest.skip(f'{path} missing: ../shared/data must sit beside the repository')
     return path
-
-
-def bicubic_lr(hr_bgr_uint8, scale):
-    """LR the paper's way: MATLAB-compatible bicubic (BasicSR's imresize), uint8 round trip."""
-    lr = imresize(hr_bgr_uint8.astype(np.float32) / 255., 1 / scale)
-    return np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope='session')
