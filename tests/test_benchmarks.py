@@ -151,3 +151,13 @@ def test_memory_script_quick(tmp_path):
     section = common.read_section(str(out), 'memory')
     assert '| CARN_M | 64x80 64x80 | 5120 |' in section and 'growth exponent' in section
     assert json.loads(js.read_text())['CARN_M'][0]['peak'] == cell['peak']
+
+
+def test_params_script_counts_clsr_as_backbone_plus_context_modules(capsys):
+    import params
+    params.main()
+    rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
+    table = {r[0].strip(): [float(v.strip(' +Mk')) for v in r[1:]] for r in rows}
+    assert table['CARN-M'][0] == 0.294  # 294,171: the official CARN-M without its x2/x3 upsamplers
+    for plain, clsr, extra in table.values():
+        assert abs((clsr - plain) * 1e3 - extra) < 1.0  # CLSR = the backbone + GCM/PIM
