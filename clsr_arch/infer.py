@@ -1,67 +1,58 @@
 """``clsr-infer`` / ``python -m clsr_arch.infer``: super-resolve regions of interest of one image
 with CLSR and compare it with the local SR strategies of the LocalSR paper (Sec. 1, Fig. 1;
-Sec. 4.2, Table 1): bicubic, pre-cropping (the plain backbone on the ROI alone, plus CLSR's own
-``roi_pad`` pixels of context), CLSR (whole image as context, Sec. 3.5 "Inference") and
-post-cropping (the plain backbone on the whole image, then cropped). The plain backbone is the
-official CARN-M by default (``--base-weights``).
+Sec. 4.2, Table 1): bicubic, pre-cropping (the plain backbone on the ROI plus CLSR's own
+``roi_pad`` pixels of real context), CLSR (whole image as context, Sec. 3.5 "Inference") and
+post-cropping (the plain backbone on the whole image, then cropped). A thin command line over
+the Python API (:mod:`clsr_arch.api`): it parses arguments and writes files; the API loads the
+model, plans the boxes and runs the methods.
 
     python -m clsr_arch.infer IMAGE --degrade --roi 40,30,24,24 --roi 10,60,48,48 --out results/infer
     python -m clsr_arch.infer LR.png --grid 24 --out results/infer
+    python -m clsr_arch.infer BIG.png --roi 1000,1000,48,48 --methods clsr,pre_crop --max-memory 8G
 
 IMAGE is an LR image, or with ``--degrade`` an HR image that is cropped to a multiple of the
 scale and bicubic-downscaled the paper's way (MATLAB-compatible ``imresize``, uint8 round trip);
 the HR crop is then the ground truth (``--hr`` gives one for an LR image). Boxes are
-``x,y,w,h`` in LR pixels (docs/design.md). Writes, under ``--out``:
+``x,y,w,h`` in LR pixels (docs/design.md). ``--methods`` picks among ``clsr``, ``bicubic``,
+``pre_crop``, ``post_crop`` (default: all that fit the memory budget ``--max-memory``; a method
+that does not fit is skipped with one line saying why -- asked for by name, it is an error).
+Whole-image SR that does not fit runs tiled (``--tile``, ``--tile-overlap``). Writes, under
+``--out`` (all files appear together at the end; an error leaves nothing):
 
-* ``<stem>_roi<i>_<method>.png`` for every ROI and method (``clsr``, ``pre_crop``,
-  ``post_crop``, ``bicubic``, and ``gt`` when known);
+* ``<stem>_roi<i>_<method>.png`` for every ROI and method run (and ``gt`` when known);
 * ``<stem>_compare.png``: the LR context with the boxes, then per ROI every method labelled
   with its time, GFLOPs (``clsr_arch.utils.flops``) and PSNR (with ground truth);
-* ``<stem>_metrics.json``: the same numbers.
+* ``<stem>_metrics.json``: the same numbers, the plan, the peak RSS.
 
-Errors (a box outside the image, an unreadable image, weights that do not match the options)
-print one line ``clsr-infer: error: ...`` naming the offending thing, and exit with code 2.
+Errors (a box outside the image, an unreadable image, weights that do not match the options, a
+pass over the memory budget with tiling off) print one line ``clsr-infer: error: ...`` naming
+the offending thing, and exit with code 2.
 """
 import argparse
-import copy
 import json
 import os
 import os.path as osp
+import shutil
 import sys
+import tempfile
 import time
 
 import cv2
 import numpy as np
-import torch
-import yaml
-from tqdm import tqdm
-
-import clsr_arch  # noqa: F401  (compat + registries)
-from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils import img2tensor, tensor2img
-from basicsr.utils.matlab_functions import imresize
 
-from clsr_arch.archs import roi as roi_ops
-from clsr_arch.archs.backbone_adapters import run_backbone
-from clsr_arch.archs.clsr_arch import backbone_state_dict
+from clsr_arch import api
+from clsr_arch.api import DEFAULT_OPT, DEFAULT_WEIGHTS, METHODS, REPO, LocalSRError, MemoryBudgetError  # noqa: F401
 from clsr_arch.data.context_roi_dataset import validation_grid
-from clsr_arch.data.image_io import read_bgr8
 from clsr_arch.data.prep import bicubic_lr, mod_crop
-from clsr_arch.utils.checkpoint import CheckpointError, safe_load
 from clsr_arch.utils.figure import comparison_figure
-from clsr_arch.utils.flops import localsr_flops
+from clsr_arch.utils.memory import format_bytes, peak_rss_bytes
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
-DEFAULT_WEIGHTS = osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth')
-DEFAULT_OPT = osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')
-OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
-METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')
 LABELS = {'bicubic': 'bicubic', 'pre_crop': 'pre-crop', 'clsr': 'CLSR (ours)', 'post_crop': 'post-crop',
           'gt': 'ground truth'}
 
 
-class InferError(ValueError):
+class InferError(LocalSRError):
     """A user error: printed as one line, exit code 2."""
 
 
@@ -96,16 +87,9 @@ def grid_boxes(lr_hw, size):
     return [tuple(r) for r in validation_grid(H, W, size, size)[0].tolist()]
 
 
-def read_image(path, what):
-    try:
-        return read_bgr8(path)
-    except ValueError as err:  # DataError: unreadable, truncated, not an image, transparent alpha
-        raise InferError(f'{what} {err}') from None
-
-
 def load_inputs(args, scale):
-    """(LR bgr uint8, HR bgr uint8 or None)."""
-    img = read_image(args.image, 'image')
+    """(LR rgb uint8, HR rgb uint8 or None), by the dataset's conversion rules."""
+    img, _ = api.load_image(args.image)
     if args.degrade:
         if args.hr:
             raise InferError('--hr and --degrade exclude each other (with --degrade IMAGE is the HR)')
@@ -115,7 +99,10 @@ def load_inputs(args, scale):
         return bicubic_lr(hr, scale), hr
     hr = None
     if args.hr:
-        hr = read_image(args.hr, '--hr')
+        try:
+            hr, _ = api.load_image(args.hr)
+        except LocalSRError as err:
+            raise InferError(f'--hr {str(err)[len("image "):]}') from None
         want = (scale * img.shape[0], scale * img.shape[1])
         if hr.shape[:2] != want:
             raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
@@ -123,171 +110,51 @@ def load_inputs(args, scale):
     return img, hr
 
 
-# ---------------------------------------------------------------------------------- networks
-def load_options(path):
+def parse_methods(text):
+    """``--methods`` -> (methods in display order, explicitly asked?)."""
+    if text is None:
+        return list(METHODS), False
+    asked = [m.strip() for m in text.split(',') if m.strip()]
+    unknown = [m for m in asked if m not in METHODS]
+    if unknown or not asked:
+        raise InferError(f'--methods {text!r}: expected a comma-separated subset of {",".join(METHODS)}')
+    return [m for m in METHODS if m in asked], True
+
+
+def parse_tile(text):
+    if text == 'auto':
+        return 'auto'
     try:
-        with open(path) as f:
-            opt = yaml.safe_load(f)
-    except OSError as err:
-        raise InferError(f'--opt {path}: cannot read ({err.strerror})') from None
-    except yaml.YAMLError as err:
-        raise InferError(f'--opt {path}: not valid YAML ({str(err).splitlines()[0]})') from None
-    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
-        raise InferError(f'--opt {path}: no network_g section')
-    if opt['network_g'].get('type') != 'CLSR':
-        raise InferError(f'--opt {path}: network_g.type is {opt["network_g"].get("type")!r}, expected CLSR')
-    return opt
+        tile = int(text)
+    except ValueError:
+        tile = -1
+    if tile < 0:
+        raise InferError(f"--tile {text!r}: expected 'auto', 0 (no tiling) or a tile size in LR pixels")
+    return tile
 
 
-def params_of(ckpt, path):
-    if isinstance(ckpt, dict):
-        for key in ('params_ema', 'params'):
-            if isinstance(ckpt.get(key), dict):
-                return ckpt[key]
-        if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-            return ckpt
-    raise InferError(f'--weights {path}: no params_ema/params state dict in the checkpoint')
-
-
-def build_clsr(opt_path, weights_path):
-    """The CLSR network of ``opt_path``'s ``network_g`` with ``weights_path`` loaded strictly."""
-    opt = load_options(opt_path)
-    net_opt = copy.deepcopy(opt['network_g'])
-    net_opt['pretrain_backbone'] = None  # every weight comes from --weights
-    try:
-        net = build_network(net_opt)
-    except ValueError as err:
-        raise InferError(f'--opt {opt_path}: network_g: {err}') from None
-    try:
-        ckpt = safe_load(weights_path)
-    except (CheckpointError, ValueError) as err:
-        raise InferError(f'--weights: {err}') from None
-    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in params_of(ckpt, weights_path).items()}
-    own = net.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = sorted(f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in set(sd) & set(own)
-                    if sd[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        def few(keys):
-            return '[' + ', '.join(keys[:4]) + (f', ... {len(keys) - 4} more' if len(keys) > 4 else '') + ']'
-        raise InferError(f'--weights {weights_path} do not match the network of --opt {opt_path}: '
-                         f'missing {few(missing)}, unexpected {few(unexpected)}, shape mismatches {few(shapes)}')
-    net.load_state_dict(sd, strict=True)
-    return net.eval(), opt
-
-
-def resolve_base_weights(net, base_weights):
-    """``--base-weights`` -> a checkpoint path, or None for the CLSR's own base.
-
-    ``official`` (default): the official CARN-M (``../shared/data/weights/carn_m.pth``) when the
-    base is CARN-M -- the baselines the paper compares with -- else the CLSR's own base;
-    ``clsr``: the CLSR's own base; anything else: a plain-backbone checkpoint path."""
-    if base_weights == 'clsr':
-        return None
-    if base_weights == 'official':
-        if type(net.base).__name__ != 'CARN_M':
-            return None
-        if not osp.isfile(OFFICIAL_CARN_M):
-            raise InferError(f'--base-weights official: {OFFICIAL_CARN_M} missing (../shared/data must sit '
-                             'beside the repository; or pass --base-weights clsr / a checkpoint)')
-        return OFFICIAL_CARN_M
-    return base_weights
-
-
-def build_base(net, base_weights):
-    """The plain backbone for pre-/post-cropping: a copy of the CLSR's base with
-    ``base_weights`` loaded (official multi-scale CARN-M files are mapped), or the base itself."""
-    if not base_weights:
-        return net.base
-    base = copy.deepcopy(net.base)
-    try:
-        base.load_state_dict(backbone_state_dict(base_weights, base), strict=True)
-    except (CheckpointError, ValueError) as err:
-        raise InferError(f'--base-weights: {err}') from None
-    return base.eval()
-
-
-# ---------------------------------------------------------------------------------- methods
-def to_tensor(img_bgr, device):
-    return img2tensor(img_bgr.astype(np.float32) / 255., bgr2rgb=True, float32=True).unsqueeze(0).to(device)
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def bicubic_flops(h, w, scale):
-    """FLOPs of separable bicubic upscaling of an ``h`` x ``w`` RGB ROI: per output pixel and
-    channel 4 taps x 2 passes, a multiply and an add each (MATLAB's kernel has 4 taps when
-    upscaling)."""
-    return 3 * (scale * h) * (scale * w) * 4 * 2 * 2
-
-
-def run_methods(net, base, lr, boxes, device, progress=True):
-    """Every method on every box -> ``{method: [bgr uint8 per box]}``, ``{method: [seconds per box]}``."""
-    s = net.scale
-    x = to_tensor(lr, device)
-    outs = {m: [] for m in METHODS}
-    secs = {m: [] for m in METHODS}
-    lr_f = lr.astype(np.float32) / 255.
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        state = net.encode_context(x)  # shared by all ROIs (Sec. 3.4)
-        sync(device)
-        context_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        full = run_backbone(base, x, s, net.adapter.multiple)  # SwinIR: pad to its window
-        sync(device)
-        post_s = time.perf_counter() - t0
-        pads = {}
-        for bx, by, bw, bh in tqdm(boxes, desc='ROIs', unit='roi', disable=not progress):
-            box = torch.tensor([[0, bx, by, bw, bh]])
-            t0 = time.perf_counter()
-            up = imresize(lr_f[by:by + bh, bx:bx + bw], s)  # MATLAB bicubic of the ROI alone
-            secs['bicubic'].append(time.perf_counter() - t0)
-            outs['bicubic'].append(np.clip(np.round(up * 255.), 0, 255).astype(np.uint8))
-
-            pad = pads.setdefault((bw, bh), roi_ops.padding_for(bh, bw, net.roi_pad, net.adapter.multiple))
-            t0 = time.perf_counter()
-            # the same padded window as CLSR's base branch (real context, shifted inward at borders)
-            pbox, offset = roi_ops.place_inside(roi_ops.pad_boxes(box, pad), box, x.shape[-2:], net.adapter.multiple)
-            sr = roi_ops.crop_outputs(run_backbone(base, roi_ops.crop(x, pbox), s), offset, bh, bw, s)
-            sync(device)
-            secs['pre_crop'].append(time.perf_counter() - t0)
-            outs['pre_crop'].append(tensor2img(sr.cpu()))
-
-            t0 = time.perf_counter()
-            sr = net.decode(state, box.to(device))
-            sync(device)
-            # the context pass is shared: each ROI is charged its share of it
-            secs['clsr'].append(time.perf_counter() - t0 + context_s / len(boxes))
-            outs['clsr'].append(tensor2img(sr.cpu()))
-
-            outs['post_crop'].append(tensor2img(full[:, :, s * by:s * (by + bh), s * bx:s * (bx + bw)].cpu()))
-            secs['post_crop'].append(post_s)  # the whole image is run for any ROI
-    return outs, secs
-
-
-def gflops_per_size(net, lr_hw, sizes):
-    """``{(w, h): {'bicubic', 'pre_crop', 'clsr', 'post_crop'}}`` GFLOPs per ROI."""
-    out = {}
-    for bw, bh in sizes:
-        f = localsr_flops(net, lr_hw, (bh, bw), device='cpu', strategies=('post_crop', 'clsr'))
-        # pre-crop runs on the ROI grown by CLSR's roi_pad (what run_methods does)
-        left, top, right, bottom = roi_ops.padding_for(bh, bw, net.roi_pad, net.adapter.multiple)
-        ph, pw = bh + top + bottom, bw + left + right
-        pre = localsr_flops(net, (ph, pw), (ph, pw), device='cpu', strategies=('pre_crop',))['pre_crop']
-        out[(bw, bh)] = {'bicubic': bicubic_flops(bh, bw, net.scale) / 1e9, 'pre_crop': pre,
-                         'clsr': f['clsr'], 'post_crop': f['post_crop']}
-    return out
-
-
+# ---------------------------------------------------------------------------------- metrics
 def psnr_ssim(img, ref):
-    """Per-ROI metrics as the evaluation (crop_border 0): PSNR RGB, PSNR/SSIM on Y."""
+    """Per-ROI metrics as the evaluation (crop_border 0): PSNR RGB, PSNR/SSIM on Y (BGR inputs)."""
     return {'psnr': float(calculate_psnr(img, ref, 0)),
             'psnr_y': float(calculate_psnr(img, ref, 0, test_y_channel=True)),
             'ssim_y': float(calculate_ssim(img, ref, 0, test_y_channel=True))}
+
+
+def per_roi_gflops(model, image, method, box, run_info):
+    """GFLOPs charged to one ROI: CLSR = context pass + this ROI's decode (Table 1's per-ROI
+    cost), pre-crop = the backbone on the padded ROI, post-crop = whole-image SR as run,
+    bicubic = its separable filter."""
+    x, y, w, h = box
+    cost, hw = model.cost, image.hw
+    if method == 'clsr':
+        return (cost.context(*hw) + cost.decode(h, w, hw)) / 1e9
+    if method == 'pre_crop':
+        ph, pw = cost.padded_size(h, w, hw)
+        return cost.base(ph, pw) / 1e9
+    if method == 'post_crop':
+        return run_info['gflops']
+    return api.bicubic_flops(h, w, model.scale) / 1e9
 
 
 # ---------------------------------------------------------------------------------- main
@@ -299,6 +166,8 @@ def build_parser():
     p.add_argument('--hr', help='ground-truth HR of an LR IMAGE (for PSNR)')
     p.add_argument('--roi', action='append', default=[], metavar='X,Y,W,H', help='ROI in LR pixels (repeatable)')
     p.add_argument('--grid', type=int, metavar='N', help='every N x N ROI of a non-overlapping grid')
+    p.add_argument('--methods', metavar='M[,M...]',
+                   help=f'which of {",".join(METHODS)} to run (default: all that fit the memory budget)')
     p.add_argument('--weights', default=DEFAULT_WEIGHTS, help='CLSR checkpoint (default: the shipped model)')
     p.add_argument('--opt', default=DEFAULT_OPT, help="YAML whose network_g builds the weights' network")
     p.add_argument('--base-weights', default='official',
@@ -307,90 +176,163 @@ def build_parser():
                         "CLSR's own base) or a checkpoint path")
     p.add_argument('--out', default='results/infer', help='output folder')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1, ...')
+    p.add_argument('--threads', type=int, help='CPU threads (default: torch\'s)')
+    p.add_argument('--max-memory', metavar='BYTES',
+                   help='memory budget, e.g. 8G or 512M (default: 80%% of the available RAM)')
+    p.add_argument('--tile', default='auto', metavar='auto|0|N',
+                   help='LR tile size of the context pass and of whole-image SR when they do not fit the budget '
+                        "(default auto; 0: never tile, too large is an error)")
+    p.add_argument('--tile-overlap', type=int, default=16, help='LR pixels around whole-image SR tiles (default 16)')
+    p.add_argument('--no-plan', action='store_true',
+                   help='CLSR: decode every ROI on its own (default: plan the ROIs: merge, or whole-image SR '
+                        'when cheaper by FLOPs)')
     p.add_argument('--max-figure-rois', type=int, default=6, help='ROIs shown in the figure (all are written)')
     p.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     return p
 
 
-def infer(args):
+def normalise_argv(argv):
+    """``--roi -1,0,5,5`` -> ``--roi=-1,0,5,5``: argparse takes a value starting with '-' for an
+    option, so a negative box would stop in argparse instead of getting the box error."""
+    out, it = [], iter(argv)
+    for a in it:
+        if a in ('--roi', '--grid', '--tile', '--tile-overlap', '--threads', '--max-figure-rois'):
+            nxt = next(it, None)
+            out.append(a if nxt is None else f'{a}={nxt}')
+        else:
+            out.append(a)
+    return out
+
+
+def run_methods(image, boxes, methods, explicit, plan, say):
+    """``{method: (outputs, run_info)}`` for the methods that run; skipped ones are said."""
+    results = {}
+    for m in methods:
+        try:
+            outs = image.super_resolve(boxes, method=m, plan=plan)
+        except MemoryBudgetError as err:
+            if explicit:
+                raise
+            say(f'{m} skipped: {err}')
+            continue
+        results[m] = (outs, dict(image.last_run))
+        if image.last_run.get('tile'):
+            say(f'{m}: whole-image SR tiled ({image.last_run["tile"]}-pixel LR tiles, overlap '
+                f'{image.model.tile_overlap}): it does not fit the memory budget of '
+                f'{format_bytes(image.model.max_memory)} untiled')
+    if not results:
+        raise InferError('no method fits the memory budget (see the lines above); raise --max-memory or allow tiling')
+    return results
+
+
+def infer(args, say=None):
     """Run everything; returns the metrics dict that is also written as JSON."""
-    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
+    say = say or (lambda line: print(f'clsr-infer: {line}', file=sys.stderr))
     if not args.roi and not args.grid:
         raise InferError('give at least one --roi x,y,w,h or --grid N')
     if args.max_figure_rois < 1:
         raise InferError(f'--max-figure-rois {args.max_figure_rois}: must be >= 1')
-    net, _ = build_clsr(args.opt, args.weights)
-    s = net.scale
+    methods, explicit = parse_methods(args.methods)
+    model = api.LocalSR(args.weights, args.opt, device=args.device, threads=args.threads,
+                        max_memory=args.max_memory, tile=parse_tile(args.tile), tile_overlap=args.tile_overlap,
+                        base_weights=args.base_weights, progress=not args.quiet)
+    s = model.scale
     lr, hr = load_inputs(args, s)
     boxes = [parse_box(t) for t in args.roi]
-    for t, box in zip(args.roi, boxes):
+    for box in boxes:
         check_box(box, lr.shape[:2], '--roi')
     if args.grid:
         boxes += grid_boxes(lr.shape[:2], args.grid)
-    net = net.to(device)
-    base_weights = resolve_base_weights(net, args.base_weights)
-    base = build_base(net, base_weights).to(device)
-
-    outs, secs = run_methods(net, base, lr, boxes, device, progress=not args.quiet)
-    flops = gflops_per_size(net.cpu(), lr.shape[:2], sorted({(b[2], b[3]) for b in boxes}))
-
+    t0 = time.perf_counter()
+    with model.open(lr, name=args.image) as image:
+        results = run_methods(image, boxes, methods, explicit, not args.no_plan, say)
+        flops = {m: [per_roi_gflops(model, image, m, b, results[m][1]) for b in boxes] for m in results}
+        context = image.context_info
+    total_s = time.perf_counter() - t0
+    # everything is written to a hidden folder first and moved into --out at the end
     os.makedirs(args.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.clsr-infer-', dir=args.out)
+    try:
+        result = write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s)
+        for name in os.listdir(tmp):
+            os.replace(osp.join(tmp, name), osp.join(args.out, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s):
     stem = osp.splitext(osp.basename(args.image))[0]
+    ran = [m for m in METHODS if m in results]
     rois, tiles = [], []
     for i, (bx, by, bw, bh) in enumerate(boxes):
         gt = hr[s * by:s * (by + bh), s * bx:s * (bx + bw)] if hr is not None else None
         entry = {'box': [bx, by, bw, bh], 'methods': {}, 'files': {}}
         row = []
-        for m in METHODS:
-            img = outs[m][i]
-            f = osp.join(args.out, f'{stem}_roi{i}_{m}.png')
-            cv2.imwrite(f, img)
-            rec = {'seconds': secs[m][i], 'gflops': flops[(bw, bh)][m]}
-            name = f'pre-crop (pad {net.roi_pad})' if m == 'pre_crop' else LABELS[m]
-            label = f'{name}\n{secs[m][i] * 1e3:.0f} ms, {rec["gflops"]:.3g} GFLOPs'
+        for m in ran:
+            img = results[m][0][i]  # RGB
+            name = f'{stem}_roi{i}_{m}.png'
+            cv2.imwrite(osp.join(tmp, name), img[:, :, ::-1])
+            info = results[m][1]
+            # per ROI: the method's time shared over its ROIs (post-crop: the whole image runs for any ROI)
+            secs = info['seconds'] if m == 'post_crop' else info['seconds'] / len(boxes)
+            rec = {'seconds': secs, 'gflops': flops[m][i]}
+            label_name = f'pre-crop (pad {model.net.roi_pad})' if m == 'pre_crop' else LABELS[m]
+            if m == 'clsr' and info.get('plan', {}).get('mode') == 'whole':
+                label_name += '\n= whole-image SR (planned)'
+            label = f'{label_name}\n{secs * 1e3:.0f} ms, {rec["gflops"]:.3g} GFLOPs'
             if gt is not None:
-                rec.update(psnr_ssim(img, gt))
+                rec.update(psnr_ssim(img[:, :, ::-1], gt[:, :, ::-1]))
                 label += f'\nPSNR-Y {rec["psnr_y"]:.2f} dB'
-            entry['methods'][m], entry['files'][m] = rec, f
-            row.append((img[:, :, ::-1], label))
+            entry['methods'][m] = rec
+            entry['files'][m] = osp.join(args.out, name)
+            row.append((img, label))
         if gt is not None:
-            f = osp.join(args.out, f'{stem}_roi{i}_gt.png')
-            cv2.imwrite(f, gt)
-            entry['files']['gt'] = f
-            row.append((gt[:, :, ::-1], f'{LABELS["gt"]}\nx{s} of {bw}x{bh} LR'))
+            name = f'{stem}_roi{i}_gt.png'
+            cv2.imwrite(osp.join(tmp, name), gt[:, :, ::-1])
+            entry['files']['gt'] = osp.join(args.out, name)
+            row.append((gt, f'{LABELS["gt"]}\nx{s} of {bw}x{bh} LR'))
         rois.append(entry)
         tiles.append(row)
 
     n_fig = min(len(boxes), args.max_figure_rois)
-    figure = osp.join(args.out, f'{stem}_compare.png')
-    comparison_figure(lr[:, :, ::-1], boxes[:n_fig], tiles[:n_fig], figure,
+    figure = f'{stem}_compare.png'
+    comparison_figure(lr, boxes[:n_fig], tiles[:n_fig], osp.join(tmp, figure),
                       title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
     result = {'image': args.image, 'lr_size': [lr.shape[1], lr.shape[0]], 'scale': s, 'weights': args.weights,
-              'base_weights': base_weights or 'the CLSR base',
-              'figure': figure, 'rois': rois}
+              'base_weights': model.base_weights or 'the CLSR base', 'methods': ran,
+              'runs': {m: results[m][1] for m in ran}, 'context_pass': context,
+              'seconds': total_s, 'peak_rss_bytes': peak_rss_bytes(),
+              'max_memory_bytes': model.max_memory, 'figure': osp.join(args.out, figure), 'rois': rois}
     if hr is not None:
         result['mean'] = {m: {k: float(np.mean([r['methods'][m][k] for r in rois])) for k in ('psnr', 'psnr_y', 'ssim_y')}
-                          for m in METHODS}
-    with open(osp.join(args.out, f'{stem}_metrics.json'), 'w') as f:
+                          for m in ran}
+    with open(osp.join(tmp, f'{stem}_metrics.json'), 'w') as f:
         json.dump(result, f, indent=2)
     return result
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
     try:
         result = infer(args)
-    except InferError as err:
+    except LocalSRError as err:
         print(f'clsr-infer: error: {err}', file=sys.stderr)
         return 2
     if not args.quiet:
         print(f'figure: {result["figure"]}')
-        for m in METHODS:
-            line = f'  {LABELS[m]:12s}'
+        for m in result['methods']:
+            run = result['runs'][m]
+            line = f'  {LABELS[m]:12s} {run["seconds"]:8.2f} s  {run["gflops"]:10.3f} GFLOPs'
             if 'mean' in result:
-                line += f' PSNR-Y {result["mean"][m]["psnr_y"]:.2f} dB  PSNR-RGB {result["mean"][m]["psnr"]:.2f} dB'
-            print(line + f'  (mean over {len(result["rois"])} ROIs)' if 'mean' in result else line)
+                line += f'  PSNR-Y {result["mean"][m]["psnr_y"]:.2f} dB  PSNR-RGB {result["mean"][m]["psnr"]:.2f} dB'
+            if m == 'clsr' and 'plan' in run:
+                line += f'  (plan: {run["plan"]["mode"]}, {run["plan"]["pieces"]} pieces)'
+            print(line)
+        print(f'  {len(result["rois"])} ROIs of the {result["lr_size"][0]}x{result["lr_size"][1]} LR image in '
+              f'{result["seconds"]:.2f} s; peak RSS {format_bytes(result["peak_rss_bytes"])} '
+              f'(memory budget {format_bytes(result["max_memory_bytes"])})')
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import tensor2img
 
-from clsr_arch import infer
+from clsr_arch import api
 from clsr_arch.archs.carn_arch import official_carn_m_to_single_scale
 from clsr_arch.data.context_roi_dataset import validation_grid
 from clsr_arch.data.image_io import read_bgr8
@@ -33,7 +33,7 @@ MEASURED_GAIN_DB = 0.0197  # CLSR better on 28 of the 48 ROIs
 def shipped():
     if not osp.isfile(WEIGHTS):
         pytest.fail(f'{WEIGHTS} missing: the shipped weights are part of the repository')
-    net, _ = infer.build_clsr(OPT, WEIGHTS)  # strict: every key and shape
+    net = api.load_network(OPT, WEIGHTS)  # strict: every key and shape
     return net
 
 
@@ -52,6 +52,10 @@ def test_shipped_weights_load_strictly_and_keep_the_official_base(shipped):
     assert all(conv.weight.abs().sum() > 0 for conv in shipped.pim.fuse)
 
 
+def to_tensor(img_bgr):
+    return torch.from_numpy(img_bgr[:, :, ::-1].astype(np.float32) / 255.).permute(2, 0, 1).unsqueeze(0)
+
+
 def set5_rois():
     """(LR tensor [1, 3, H, W], HR uint8 BGR, rois [R, 4]) of every Set5 image, 24x24 grid."""
     folder = shared('Set5', 'HR')
@@ -59,7 +63,7 @@ def set5_rois():
         hr = mod_crop(read_bgr8(osp.join(folder, name)), 4)
         lr = bicubic_lr(hr, 4)
         rois, (kh, kw) = validation_grid(lr.shape[0], lr.shape[1], 24, 24)
-        yield name, infer.to_tensor(lr[:kh, :kw], torch.device('cpu')), hr[:4 * kh, :4 * kw], rois
+        yield name, to_tensor(lr[:kh, :kw]), hr[:4 * kh, :4 * kw], rois
 
 
 def test_clsr_beats_pre_crop_on_the_set5_roi_grid(shipped):

@@ -36,6 +36,7 @@ from .backbone_adapters import get_adapter
 from .carn_arch import CARN, CARN_M, official_carn_m_to_single_scale
 from .gcm import GlobalContextModule
 from .pim import ProximityIntegrationBranch
+from .tiling import as_float_image, crop_features, encode_pim_tiled
 
 DEFAULT = 'default'  # "use the backbone's default" (None disables a module)
 GCM_KEYS = {'window', 'num_windows', 'heads', 'stage', 'dist_scale_init'}
@@ -141,6 +142,8 @@ class CLSR(nn.Module):
         if not torch.is_tensor(context) or context.dim() != 4 or context.shape[1] != 3:
             shape = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
             raise ValueError(f'CLSR context must be a [B, 3, H, W] tensor, got {shape}')
+        if context.dtype != torch.uint8 and not context.is_floating_point():
+            raise ValueError(f'CLSR context must be float in [0, 1] or uint8, got {context.dtype}')
 
     def _run_to_stage(self, x, stage):
         """The base's head and first ``stage`` stages, nothing injected: ``G`` of the GCM."""
@@ -149,17 +152,26 @@ class CLSR(nn.Module):
             state = self.adapter.stage(i, state)
         return state['feat']
 
-    def encode_context(self, context):
+    def encode_context(self, context, tile=None, store='memory', folder=None, progress=None):
         """Everything the ROIs share (paper Sec. 3.4), computed once per context.
 
-        Returns a dict: ``context``; ``pim`` (list of per-stage PIM features) if the PIM is on;
-        ``gcm`` (keys, values, token positions) if the GCM is on.
+        ``context``: ``[B, 3, H, W]``, float in [0, 1] or uint8 (kept as uint8 and converted per
+        crop: a quarter of the memory for large images). ``tile``: run the PIM over ``tile x
+        tile`` tiles with its receptive-field halo (:mod:`.tiling`; one context at a time), into
+        ``store`` ``'memory'`` or ``'disk'`` (under ``folder``); None: one untiled pass.
+
+        Returns a dict: ``context``; ``pim`` (list of per-stage PIM features, or a
+        ``tiling.DiskFeatures``) if the PIM is on; ``gcm`` (keys, values, token positions) if the
+        GCM is on.
         """
         self._check_context(context)
         b, _, h, w = context.shape
         state = {'context': context}
         if self.pim is not None:
-            state['pim'] = self.pim.encode(context)
+            if tile:
+                state['pim'] = encode_pim_tiled(self.pim, context, tile, store, folder, progress)
+            else:
+                state['pim'] = self.pim.encode(as_float_image(context))
         if self.gcm is not None:
             r = self.gcm_opt['window']
             corners = roi_ops.window_grid(h, w, r, self.gcm_opt['num_windows'])  # [N, 2]
@@ -168,7 +180,8 @@ class CLSR(nn.Module):
                                torch.full((b * n, 2), r, dtype=torch.long)], dim=1)
             # SwinIR: extend each window right/bottom with real context to a window multiple
             boxes = roi_ops.pad_boxes(boxes, roi_ops.padding_for(r, r, 0, self.adapter.multiple))
-            feat = self._run_to_stage(roi_ops.crop(context, boxes), self.gcm_opt['stage'])[:, :, :r, :r]
+            windows = as_float_image(roi_ops.crop(context, boxes))
+            feat = self._run_to_stage(windows, self.gcm_opt['stage'])[:, :, :r, :r]
             state['gcm'] = self.gcm.encode_keys(feat.reshape(b, n, *feat.shape[1:]), corners)
         return state
 
@@ -182,15 +195,16 @@ class CLSR(nn.Module):
         pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, context.shape[-2:],
                                                   self.adapter.multiple)
 
-        s = self.adapter.head(roi_ops.crop(context, pboxes))
+        s = self.adapter.head(as_float_image(roi_ops.crop(context, pboxes)))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
         origins, batch_index = pboxes[:, 1:3], pboxes[:, 0].to(context.device)
+        pim_crops = crop_features(state['pim'], pboxes) if self.pim is not None else None
         if gcm_stage == 0:
             s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
         for i in range(self.adapter.num_stages):
             s = self.adapter.stage(i, s)
             if self.pim is not None:
-                s['feat'] = self.pim.fuse_into(i, s['feat'], roi_ops.crop(state['pim'][i], pboxes))
+                s['feat'] = self.pim.fuse_into(i, s['feat'], pim_crops[i])
             if gcm_stage == i + 1:
                 s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
         return roi_ops.crop_outputs(self.adapter.tail(s), offsets, h, w, self.scale)
@@ -199,7 +213,9 @@ class CLSR(nn.Module):
         """The PIM's HR context ``Y_P`` ``[B, 3, sH, sW]`` (training loss only)."""
         if self.pim is None:
             raise ValueError('CLSR: return_context=True needs the PIM (pim is None in this network)')
-        return self.pim.predict_context(state['pim'], state['context'])
+        if not isinstance(state['pim'], list):
+            raise ValueError('CLSR: predict_context needs the in-memory context pass (store="memory")')
+        return self.pim.predict_context(state['pim'], as_float_image(state['context']))
 
     def forward(self, context, boxes, return_context=False):
         state = self.encode_context(context)

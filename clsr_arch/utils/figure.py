@@ -17,7 +17,7 @@ def box_colour(i):
     return BOX_COLOURS[i % len(BOX_COLOURS)]
 
 
-def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
+def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1, max_context_side=1200):
     """Write the figure to ``path`` (PNG).
 
     Args:
@@ -26,12 +26,19 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
         tiles: list (one per box) of lists of ``(image_rgb_uint8, label)``; the label may hold
             several lines (method, time, GFLOPs, PSNR).
         title: optional figure title.
+        max_context_side: a context with a longer side is drawn subsampled to about this.
     """
     if len(tiles) != len(boxes):
         raise ValueError(f'comparison_figure: {len(boxes)} boxes but {len(tiles)} rows of tiles')
     n_rows = len(boxes)
     n_cols = max(len(row) for row in tiles)
     h, w = lr_rgb.shape[:2]
+    full_w, full_h = w, h
+    step = -(-max(h, w) // max_context_side)  # a large context is shown subsampled (boxes too)
+    if step > 1:
+        lr_rgb = lr_rgb[::step, ::step]
+        boxes = [(x / step, y / step, max(bw / step, 1.), max(bh / step, 1.)) for x, y, bw, bh in boxes]
+        h, w = lr_rgb.shape[:2]
     ctx_w = max(3.0, min(6.0, tile_inches * n_rows * w / h))  # context column, about the rows' height
     fig_w = ctx_w + tile_inches * n_cols
     label_in = 0.5  # three label lines above every tile
@@ -50,7 +57,8 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1):
         ax.add_patch(patches.Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=c, linewidth=1.8))
         ax.text(x + 0.5, y + 0.5, str(i), color='white', fontsize=9, fontweight='bold', va='top',
                 bbox=dict(facecolor=c, edgecolor='none', pad=1.0))
-    ax.set_title(f'LR context {w}x{h} (x{len(boxes)} ROIs)', fontsize=9)
+    shown = f', shown 1:{step}' if step > 1 else ''
+    ax.set_title(f'LR context {full_w}x{full_h} ({len(boxes)} ROIs{shown})', fontsize=9)
     ax.axis('off')
 
     for r, row in enumerate(tiles):

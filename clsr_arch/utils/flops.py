@@ -164,3 +164,105 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+
+
+class CostModel:
+    """FLOPs of the pieces a many-ROI plan is made of (:mod:`clsr_arch.planner`), for one CLSR.
+
+    Counting one call with :func:`count_flops` takes ~0.2 s, too slow to price thousands of
+    candidate merges. Every pass here is a sum of convolutions and matmuls whose FLOPs are
+    affine in a few size terms, so each is fitted once from exact counts and then evaluated in
+    closed form (``exact`` checks the fit; tests compare it with counted FLOPs at random sizes):
+
+    * ``decode(h, w, context_hw)``: one ROI through :meth:`CLSR.decode` = ``a*A + b*Q + d*Q*L + c``
+      with ``A`` the padded ROI's pixels (after ``roi_pad``, the size multiple and the clip to
+      the context), ``Q`` the GCM's stride-2 query tokens ``ceil(h'/2) * ceil(w'/2)`` and ``L``
+      the context's key tokens (N windows of ``ceil(r/2)^2``); ROIs of a batch add up;
+    * ``base(h, w)``: the plain backbone (``run_backbone``, padded to its size multiple) =
+      ``a*A + c`` -- post-crop when ``(h, w)`` is the whole image, a tile of tiled whole-image SR;
+    * ``context(h, w)``: :meth:`CLSR.encode_context`, counted once per context size (cached).
+    """
+
+    _PROBES = ((6, 6), (9, 14), (17, 11), (24, 24), (31, 40))
+
+    def __init__(self, net):
+        import numpy as np
+        from clsr_arch.archs.backbone_adapters import get_adapter, run_backbone
+
+        self.net = _on_device(net, 'meta')
+        self.adapter = get_adapter(self.net.base)
+        self.roi_pad, self.multiple = self.net.roi_pad, self.adapter.multiple
+        m = self.multiple
+        sizes = [(h + (-h) % m, w + (-w) % m) for h, w in self._PROBES]
+        big = max(max(s) for s in sizes) + 2 * self.roi_pad + 2 * m
+        with torch.no_grad():
+            state = self.net.encode_context(torch.zeros(1, 3, big, big, device='meta'))
+        full = state.get('gcm')
+        rows, dec, base, sizes_l = [], [], [], []
+        for i, (ph, pw) in enumerate(sizes):
+            # an interior ROI whose padded box is exactly ph x pw
+            left, top, right, bottom = self._pads(ph, pw)
+            h, w = ph - top - bottom, pw - left - right
+            box = torch.tensor([[0, big // 2 - w // 2, big // 2 - h // 2, w, h]])
+            q = -(-ph // 2) * -(-pw // 2)
+            for keep in ((1, 2) if full is not None else (1, )):  # all keys, and half of them
+                if full is not None:
+                    n = full['pos'].shape[0] // keep
+                    state['gcm'] = {'k': full['k'][:, :, :n], 'v': full['v'][:, :, :n], 'pos': full['pos'][:n]}
+                else:
+                    n = 0
+                rows.append((ph * pw, q, q * n, 1.))
+                dec.append(count_flops(self.net.decode, state, box))
+                sizes_l.append((ph, pw, n))
+            base.append(count_flops(run_backbone, self.adapter.run, torch.zeros(1, 3, ph, pw, device='meta'),
+                                    self.adapter.scale, m))
+        rows = np.array(rows)
+        self._dec = np.linalg.lstsq(rows, np.array(dec, dtype=np.float64), rcond=None)[0]
+        self._base = np.linalg.lstsq(np.array([(ph * pw, 1.) for ph, pw in sizes]),
+                                     np.array(base, dtype=np.float64), rcond=None)[0]
+        self.fit_error = max(max(abs(self._decode_padded(ph, pw, n) - d) / d for (ph, pw, n), d in zip(sizes_l, dec)),
+                             max(abs(self.base(ph, pw) - b) / b for (ph, pw), b in zip(sizes, base)))
+        self._contexts = {}
+
+    def _pads(self, h, w):
+        from clsr_arch.archs.roi import padding_for
+        return padding_for(h, w, self.roi_pad, self.multiple)
+
+    def padded_size(self, h, w, context_hw):
+        """``(h', w')`` of the crop the base branch runs on for an ``h x w`` ROI (as decode)."""
+        left, top, right, bottom = self._pads(h, w)
+        ph, pw = h + top + bottom, w + left + right
+        if self.multiple == 1:  # roi.place_inside cuts a side longer than the context
+            ph, pw = min(ph, context_hw[0]), min(pw, context_hw[1])
+        return ph, pw
+
+    def _decode_padded(self, ph, pw, keys):
+        a, b, d, c = self._dec
+        q = (-(-ph // 2)) * (-(-pw // 2))
+        return float(a * ph * pw + b * q + d * q * keys + c)
+
+    def keys(self, context_hw):
+        """``L``: the GCM's key tokens for a context of ``context_hw`` (0 without a GCM)."""
+        if self.net.gcm is None:
+            return 0
+        from clsr_arch.archs.roi import window_grid
+        r = self.net.gcm_opt['window']
+        n = window_grid(context_hw[0], context_hw[1], r, self.net.gcm_opt['num_windows']).shape[0]
+        return n * (-(-r // 2)) ** 2
+
+    def decode(self, h, w, context_hw):
+        """FLOPs of CLSR's decode of one ``h x w`` ROI of an ``context_hw`` context."""
+        return self._decode_padded(*self.padded_size(h, w, context_hw), self.keys(context_hw))
+
+    def base(self, h, w):
+        """FLOPs of the plain backbone on an ``h x w`` input (padded to its size multiple)."""
+        m = self.multiple
+        a, c = self._base
+        return float(a * (h + (-h) % m) * (w + (-w) % m) + c)
+
+    def context(self, h, w):
+        """FLOPs of the shared context pass over an ``h x w`` context (counted, cached)."""
+        if (h, w) not in self._contexts:
+            self._contexts[(h, w)] = float(count_flops(self.net.encode_context,
+                                                       torch.zeros(1, 3, h, w, device='meta')))
+        return self._contexts[(h, w)]
