@@ -43,7 +43,7 @@ from basicsr.utils.matlab_functions import imresize
 from .archs import roi as roi_ops
 from .archs.backbone_adapters import run_backbone
 from .archs.clsr_arch import CLSR, backbone_state_dict
-from .archs.tiling import DiskFeatures
+from .archs.tiling import DiskFeatures, pim_halo
 from .data.image_io import DataError, read_bgr8, to_bgr8
 from .planner import composite, plan_boxes
 from .utils.checkpoint import CheckpointError, safe_load
@@ -57,7 +57,7 @@ DEFAULT_OPT = osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')
 OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
 METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')
 SAFETY = 1.5          # estimated tensor bytes x this <= budget (allocator slack, kernel scratch)
-CONTEXT_TILE = 512    # LR tile of the tiled context pass
+CONTEXT_TILES = (1024, 512, 256, 128, 64)  # tried largest first for the tiled context pass
 WHOLE_TILES = (2048, 1024, 512, 256, 128, 64)  # tried largest first for tiled whole-image SR
 MAX_BATCH = 64        # ROIs per decode call
 
@@ -353,6 +353,37 @@ class LocalSR:
     def fits(self, nbytes):
         return nbytes * SAFETY <= self.max_memory
 
+    def context_tile_bytes(self, hw, tile, store):
+        """Estimated peak bytes of the tiled context pass: one tile grown by the PIM's halo (and
+        for the disk store the band of tile rows waiting to be written)."""
+        halo = pim_halo(self.net.pim) if self.net.pim is not None else 0
+        grown = (min(hw[0], tile + 2 * halo), min(hw[1], tile + 2 * halo))
+        band = self.feature_bytes((min(hw[0], tile), hw[1])) if store == 'disk' else 0
+        return self.context_bytes(grown) + band
+
+    def context_tiling(self, hw, name='image'):
+        """``(tile, store)`` of the context pass over ``hw``: ``(None, 'memory')`` when the
+        untiled pass fits; else the largest tile whose pass fits beside the features in memory,
+        else (features on disk) beside nothing; tile ``0`` and too large: MemoryBudgetError."""
+        features = self.feature_bytes(hw)
+        if isinstance(self.tile, (int, np.integer)) and self.tile > 0:
+            t = int(self.tile)
+            return t, 'memory' if self.fits(features + self.context_tile_bytes(hw, t, 'memory')) else 'disk'
+        need = self.context_bytes(hw)
+        if self.fits(need):
+            return None, 'memory'
+        if self.tile == 0:
+            raise MemoryBudgetError(
+                f'{name}: the context pass over the {hw[1]}x{hw[0]} LR image needs ~{format_bytes(need * SAFETY)} '
+                f'(estimate x{SAFETY}), over the memory budget of {format_bytes(self.max_memory)}, and tiling '
+                'is disabled (tile=0): allow tiling or raise max_memory')
+        for store, extra in (('memory', features), ('disk', 0)):
+            for t in CONTEXT_TILES:
+                if self.fits(extra + self.context_tile_bytes(hw, t, store)):
+                    return t, store
+        raise MemoryBudgetError(f'{name}: not even a {CONTEXT_TILES[-1]}-pixel tile of the context pass fits '
+                                f'the memory budget of {format_bytes(self.max_memory)}')
+
     def whole_tile(self, hw):
         """Tile for whole-image SR of ``hw``: None (untiled fits), a size, or raises."""
         if isinstance(self.tile, (int, np.integer)) and self.tile > 0:
@@ -407,15 +438,7 @@ class Image:
         m, hw = self.model, self.hw
         t0 = time.perf_counter()
         need, features = m.context_bytes(hw), m.feature_bytes(hw)
-        tile = m.tile if isinstance(m.tile, (int, np.integer)) and m.tile > 0 else None
-        if tile is None and not m.fits(need):
-            if m.tile == 0:
-                raise MemoryBudgetError(
-                    f'{self.name}: the context pass over the {hw[1]}x{hw[0]} LR image needs '
-                    f'~{format_bytes(need * SAFETY)} (estimate x{SAFETY}), over the memory budget of '
-                    f'{format_bytes(m.max_memory)}, and tiling is disabled (tile=0): allow tiling or raise max_memory')
-            tile = CONTEXT_TILE
-        store = 'memory' if tile is None or m.fits(features + m.context_bytes((tile, tile))) else 'disk'
+        tile, store = m.context_tiling(hw, self.name)
         bar = None
         if tile and m.progress:
             bar = tqdm(total=-(-hw[0] // tile) * -(-hw[1] // tile), desc='context tiles', unit='tile')

@@ -176,13 +176,13 @@ def composite(box, pieces, outputs, scale, image_hw):
         p = pieces[k]
         return outputs[k][:, s * (y - p.y):s * (y - p.y + h), s * (x - p.x):s * (x - p.x + w)]
 
-    home = [k for k in cover if pieces[k].x <= x and x + w <= pieces[k].x + pieces[k].w
-            and pieces[k].y <= y and y + h <= pieces[k].y + pieces[k].h]
-    if len(cover) == 1:
-        return cut(cover[0])
     depths = torch.stack([depth_map((s * pieces[k].x, s * pieces[k].y, s * pieces[k].w, s * pieces[k].h),
                                     region, image) for k in cover])
-    owner = depths.argmax(dim=0)  # first maximum: the lowest piece index wins ties
+    best, owner = depths.max(dim=0)  # first maximum: the lowest piece index wins ties
+    if (best < 0).any():
+        raise ValueError(f'composite: part of box {box} is covered by no piece')
+    if len(cover) == 1:
+        return cut(cover[0])
     c = outputs[cover[0]].shape[0]
     out = outputs[cover[0]].new_empty((c, s * h, s * w))
     for n, k in enumerate(cover):
@@ -197,6 +197,4 @@ def composite(box, pieces, outputs, scale, image_hw):
         m = mask[s * (y0 - y):s * (y1 - y), s * (x0 - x):s * (x1 - x)]
         view = out[:, s * (y0 - y):s * (y1 - y), s * (x0 - x):s * (x1 - x)]
         view[:, m] = sub[:, m]
-    if not home:  # every pixel must be owned by someone
-        raise ValueError(f'composite: box {box} is not inside any piece')
     return out

@@ -100,3 +100,28 @@ def _plain(obj):
     if isinstance(obj, list):
         return [_plain(v) for v in obj]
     return obj
+
+
+# tiny configurations of every CLSR backbone (tests/test_clsr_arch.py, test_tiling.py, test_api.py)
+TINY = {
+    'MSRResNet': dict(type='MSRResNet', num_feat=16, num_block=2, upscale=4),
+    'CARN_M': dict(type='CARN_M'),  # as is (64 channels, groups of 4)
+    'CARN': dict(type='CARN', num_feat=16),
+    'RCAN': dict(type='RCAN', num_in_ch=3, num_out_ch=3, num_feat=16, num_group=1, num_block=2, squeeze_factor=4,
+                 upscale=4),
+    'SwinIR-light': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2],
+                         num_heads=[2], mlp_ratio=2, upsampler='pixelshuffledirect'),
+    'SwinIR': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2, 2],
+                   num_heads=[2, 2], mlp_ratio=2, upsampler='pixelshuffle'),
+}
+GCM = {'window': 6, 'num_windows': 6, 'heads': 2, 'stage': 1}
+
+
+def perturb_context_modules(net, std=1.0):
+    """Random GCM/PIM weights, so that their (zero at init) contributions are not trivial."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in (net.gcm, net.pim):
+            if module is not None:
+                for p in module.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * std)

@@ -15,18 +15,7 @@ from clsr_arch.archs.backbone_adapters import get_adapter
 from clsr_arch.archs.clsr_arch import CLSR
 from clsr_arch.archs.gcm import GlobalContextModule
 
-TINY = {
-    'MSRResNet': dict(type='MSRResNet', num_feat=16, num_block=2, upscale=4),
-    'CARN_M': dict(type='CARN_M'),  # as is (64 channels, groups of 4)
-    'CARN': dict(type='CARN', num_feat=16),
-    'RCAN': dict(type='RCAN', num_in_ch=3, num_out_ch=3, num_feat=16, num_group=1, num_block=2, squeeze_factor=4,
-                 upscale=4),
-    'SwinIR-light': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2],
-                         num_heads=[2], mlp_ratio=2, upsampler='pixelshuffledirect'),
-    'SwinIR': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2, 2],
-                   num_heads=[2, 2], mlp_ratio=2, upsampler='pixelshuffle'),
-}
-GCM = {'window': 6, 'num_windows': 6, 'heads': 2, 'stage': 1}
+from conftest import GCM, TINY, perturb_context_modules  # noqa: E402  (shared with test_tiling/test_api)
 
 
 @pytest.fixture(autouse=True)
@@ -55,16 +44,6 @@ def reference(plain, net, context, boxes):
     pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, context.shape[-2:],
                                           net.adapter.multiple)
     return roi_ops.crop_outputs(plain(roi_ops.crop(context, pboxes)), offsets, h, w, net.scale)
-
-
-def perturb_context_modules(net, std=1.0):
-    """Random GCM/PIM weights, so that their (zero at init) contributions are not trivial."""
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for module in (net.gcm, net.pim):
-            if module is not None:
-                for p in module.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen) * std)
 
 
 # --- ROI helpers -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Stores (what ``state['pim']`` holds after a tiled pass):
   untiled pass returns;
 * :class:`DiskFeatures`: one float32 file laid out ``[H, W, S * c']`` in a temporary folder,
   written one band of tile rows at a time with plain ``write`` (the page cache, not the process,
-  holds it) and read back per ROI through a read-only memory map. For contexts whose features do
+  holds it) and read back per ROI through a read-only memory map (only the pages a ROI's
+  crop touches are read). For contexts whose features do
   not fit the memory budget (a 100-megapixel CARN-M context has 9.6 GB of them).
 
 The GCM needs no tiling: it encodes N fixed-size windows drawn from the whole image.
@@ -57,14 +58,17 @@ def spans(size, tile):
 
 
 class MemoryFeatures:
-    """Band writer into per-stage ``[1, c', H, W]`` tensors (the untiled pass's layout)."""
+    """Tile writer into per-stage ``[1, c', H, W]`` tensors (the untiled pass's layout)."""
 
     def __init__(self, h, w, channels, device='cpu'):
         self.tensors = [torch.empty(1, c, h, w, device=device) for c in channels]
 
-    def write_band(self, y0, feats):
+    def write(self, y0, x0, feats):
         for t, f in zip(self.tensors, feats):
-            t[:, :, y0:y0 + f.shape[2]] = f
+            t[:, :, y0:y0 + f.shape[2], x0:x0 + f.shape[3]] = f
+
+    def end_band(self):
+        pass
 
     def result(self):
         return self.tensors
@@ -73,8 +77,10 @@ class MemoryFeatures:
 class DiskFeatures:
     """PIM features of one context in a temporary float32 file ``[H, W, sum(c')]``.
 
-    ``crop(boxes)`` gives what ``roi.crop`` gives on the in-memory tensors (reflection past the
-    border included); ``close()`` deletes the file (also done when the object is collected).
+    Tiles are gathered into a band buffer (one row of tiles, the full width) that is written as
+    one contiguous block; ``crop(boxes)`` gives what ``roi.crop`` gives on the in-memory tensors
+    (reflection past the border included); ``close()`` deletes the file (also done when the
+    object is collected).
     """
 
     def __init__(self, h, w, channels, folder=None):
@@ -86,13 +92,25 @@ class DiskFeatures:
         with open(self.path, 'wb') as f:
             f.truncate(self.nbytes)
         self._map = None
+        self._band, self._band_y0 = None, 0
 
-    def write_band(self, y0, feats):
-        # [1, c_i, bh, W] per stage -> one contiguous [bh, W, sum c'] block of the file
-        band = torch.cat([f[0] for f in feats], dim=0).permute(1, 2, 0).contiguous().cpu().numpy()
+    def write(self, y0, x0, feats):
+        bh = feats[0].shape[2]
+        if self._band is None:
+            self._band, self._band_y0 = np.empty((bh, self.w, self.total), np.float32), y0
+        c0 = 0
+        for f in feats:
+            c = f.shape[1]
+            self._band[:, x0:x0 + f.shape[3], c0:c0 + c] = f[0].permute(1, 2, 0).cpu().numpy()
+            c0 += c
+
+    def end_band(self):
+        if self._band is None:
+            return
         with open(self.path, 'r+b') as f:
-            f.seek(y0 * self.w * self.total * 4)
-            f.write(band.tobytes())
+            f.seek(self._band_y0 * self.w * self.total * 4)
+            f.write(self._band.tobytes())
+        self._band = None
 
     def result(self):
         return self
@@ -153,15 +171,13 @@ def encode_pim_tiled(pim, context, tile, store='memory', folder=None, progress=N
     rows, cols = spans(h, tile), spans(w, tile)
     done = 0
     for y0, y1 in rows:
-        band = [[] for _ in channels]
         ya, yb = max(0, y0 - halo), min(h, y1 + halo)
         for x0, x1 in cols:
             xa, xb = max(0, x0 - halo), min(w, x1 + halo)
             feats = pim.encode(as_float_image(context[:, :, ya:yb, xa:xb]))
-            for i, f in enumerate(feats):
-                band[i].append(f[:, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa])
+            out.write(y0, x0, [f[:, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] for f in feats])
             done += 1
             if progress is not None:
                 progress(done, len(rows) * len(cols))
-        out.write_band(y0, [torch.cat(parts, dim=3) for parts in band])
+        out.end_band()
     return out.result()

@@ -53,10 +53,15 @@ def peak_bytes(fn, *args, **kwargs):
     return mode.peak
 
 
-def linear_peak(fn_of_hw, hw, probes=((64, 64), (128, 96))):
-    """Peak bytes of ``fn_of_hw(h, w)`` at ``hw``, from an affine fit ``a * h * w + b`` over
-    two probe sizes (``fn_of_hw`` builds its own meta inputs and returns :func:`peak_bytes`)."""
+def linear_peak(fn_of_hw, hw, probes=((512, 512), (1024, 768))):
+    """Peak bytes of ``fn_of_hw(h, w)`` at ``hw`` (``fn_of_hw`` builds its own meta inputs and
+    returns :func:`peak_bytes`): counted at ``hw`` itself up to the larger probe's area, beyond
+    it from an affine fit ``a * h * w + b`` over the two probes. (Counting on meta costs the
+    same at any size, except SwinIR, whose attention masks are built on the CPU at full size;
+    small sizes are not affine: there the GCM's fixed windows, not the pixels, set the peak.)"""
     (h0, w0), (h1, w1) = probes
+    if hw[0] * hw[1] <= h1 * w1:
+        return fn_of_hw(*hw)
     p0, p1 = fn_of_hw(h0, w0), fn_of_hw(h1, w1)
     a = (p1 - p0) / (h1 * w1 - h0 * w0)
     b = p0 - a * h0 * w0
