@@ -10,7 +10,9 @@ between them). A set of boxes can be served three ways, priced by
    best saving first, repeated until no merge pays; a piece never exceeds ``max_pixels``);
 3. **whole**: whole-image SR with the plain backbone (post-crop; tiled when the image does not
    fit the memory budget) when that costs less than the pieces -- the context pass is then
-   not needed at all.
+   not needed at all. When whole-image SR costs no more than a lower bound of any pieces (the
+   context pass plus the cheapest decode FLOPs per pixel times the boxes' union area), the
+   merging is skipped: a full ROI grid is planned in milliseconds.
 
 Pieces are never dearer than singles (each merge lowers the sum), and the plan is the cheaper of
 pieces and whole, so ``plan.flops <= min(whole, singles)`` for every box set (tests/test_planner.py
@@ -24,6 +26,7 @@ agree wherever they overlap, and a box inside a merged piece is an exact crop of
 """
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -55,7 +58,7 @@ class Plan:
     pieces: list              # the CLSR pieces (mode 'pieces'), or [] (mode 'whole')
     flops: float              # FLOPs of this plan (context pass included when it must still run)
     flops_singles: float      # one decode per box (+ context pass)
-    flops_pieces: float       # merged pieces (+ context pass)
+    flops_pieces: float       # merged pieces (+ context pass); a lower bound when merging was skipped
     flops_whole: float        # whole-image SR (inf when not allowed)
     context_flops: float      # the context pass's share of the CLSR alternatives (0 if done)
 
@@ -132,13 +135,26 @@ def plan_boxes(cost_model, boxes, context_hw, context_done=False, whole_flops=No
         return cost_model.decode(p.h, p.w, context_hw)
 
     singles = context + sum(price(Piece(*b)) for b in boxes)
+    whole = float('inf') if whole_flops is None else float(whole_flops)
+    bound = context + cost_model.per_pixel(context_hw) * union_area(boxes)
+    if whole <= bound:  # no set of pieces can cover the boxes for less: skip the merging
+        return Plan('whole', [], whole, singles, bound, whole, context)
     reach = 2 * cost_model.roi_pad + cost_model.multiple + 4  # a wider gap never pays (area-priced decodes)
     pieces, costs = merge_pieces(boxes, price, reach, max_pixels or context_hw[0] * context_hw[1])
     merged = context + sum(costs)
-    whole = float('inf') if whole_flops is None else float(whole_flops)
     if whole < merged:
         return Plan('whole', [], whole, singles, merged, whole, context)
     return Plan('pieces', pieces, merged, singles, merged, whole, context)
+
+
+def union_area(boxes):
+    """LR pixels covered by at least one of ``boxes`` (``(x, y, w, h)``)."""
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for x, y, w, h in boxes:
+        mask[y - y0:y - y0 + h, x - x0:x - x0 + w] = True
+    return int(mask.sum())
 
 
 def depth_map(piece_hr, region_hr, image_hr):

@@ -180,7 +180,8 @@ class CostModel:
       the context's key tokens (N windows of ``ceil(r/2)^2``); ROIs of a batch add up;
     * ``base(h, w)``: the plain backbone (``run_backbone``, padded to its size multiple) =
       ``a*A + c`` -- post-crop when ``(h, w)`` is the whole image, a tile of tiled whole-image SR;
-    * ``context(h, w)``: :meth:`CLSR.encode_context`, counted once per context size (cached).
+    * ``context(h, w)``: :meth:`CLSR.encode_context` = ``p*H*W + g*N + k`` with ``N`` the GCM's
+      windows of that context.
     """
 
     _PROBES = ((6, 6), (9, 14), (17, 11), (24, 24), (31, 40))
@@ -222,7 +223,13 @@ class CostModel:
                                      np.array(base, dtype=np.float64), rcond=None)[0]
         self.fit_error = max(max(abs(self._decode_padded(ph, pw, n) - d) / d for (ph, pw, n), d in zip(sizes_l, dec)),
                              max(abs(self.base(ph, pw) - b) / b for (ph, pw), b in zip(sizes, base)))
-        self._contexts = {}
+        # context pass = p * H*W (PIM) + g * N (GCM windows) + k: fitted on contexts with few and many windows
+        ctx_sizes = [(7, 9), (13, 20), (40, 31), (64, 64), (30, 90)]
+        ctx_rows = np.array([(h * w, self._windows((h, w)), 1.) for h, w in ctx_sizes])
+        ctx = np.array([count_flops(self.net.encode_context, torch.zeros(1, 3, h, w, device='meta'))
+                        for h, w in ctx_sizes], dtype=np.float64)
+        self._ctx = np.linalg.lstsq(ctx_rows, ctx, rcond=None)[0]
+        self.fit_error = max(self.fit_error, max(abs(self.context(h, w) - c) / c for (h, w), c in zip(ctx_sizes, ctx)))
 
     def _pads(self, h, w):
         from clsr_arch.archs.roi import padding_for
@@ -241,14 +248,20 @@ class CostModel:
         q = (-(-ph // 2)) * (-(-pw // 2))
         return float(a * ph * pw + b * q + d * q * keys + c)
 
+    def _windows(self, context_hw):
+        """N: the GCM's windows for a context of ``context_hw`` (0 without a GCM)."""
+        if self.net.gcm is None:
+            return 0
+        from clsr_arch.archs.roi import grid_counts
+        r = self.net.gcm_opt['window']
+        nh, nw = grid_counts(max(1, context_hw[0] // r), max(1, context_hw[1] // r), self.net.gcm_opt['num_windows'])
+        return nh * nw
+
     def keys(self, context_hw):
         """``L``: the GCM's key tokens for a context of ``context_hw`` (0 without a GCM)."""
         if self.net.gcm is None:
             return 0
-        from clsr_arch.archs.roi import window_grid
-        r = self.net.gcm_opt['window']
-        n = window_grid(context_hw[0], context_hw[1], r, self.net.gcm_opt['num_windows']).shape[0]
-        return n * (-(-r // 2)) ** 2
+        return self._windows(context_hw) * (-(-self.net.gcm_opt['window'] // 2)) ** 2
 
     def decode(self, h, w, context_hw):
         """FLOPs of CLSR's decode of one ``h x w`` ROI of an ``context_hw`` context."""
@@ -261,8 +274,12 @@ class CostModel:
         return float(a * (h + (-h) % m) * (w + (-w) % m) + c)
 
     def context(self, h, w):
-        """FLOPs of the shared context pass over an ``h x w`` context (counted, cached)."""
-        if (h, w) not in self._contexts:
-            self._contexts[(h, w)] = float(count_flops(self.net.encode_context,
-                                                       torch.zeros(1, 3, h, w, device='meta')))
-        return self._contexts[(h, w)]
+        """FLOPs of the shared context pass over an ``h x w`` context."""
+        p, g, k = self._ctx
+        return float(p * h * w + g * self._windows((h, w)) + k)
+
+    def per_pixel(self, context_hw):
+        """Decode FLOPs per LR pixel of ROI that every decode costs at least (``Q >= A / 4``,
+        and the padded area ``A`` covers the ROI): for pruning plans that cannot win."""
+        a, b, d, _ = self._dec
+        return float(max(a, 0) + max(b, 0) / 4 + max(d, 0) * self.keys(context_hw) / 4)
