@@ -58,7 +58,7 @@ OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weigh
 METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')
 SAFETY = 1.5          # estimated tensor bytes x this <= budget (allocator slack, kernel scratch)
 CONTEXT_TILES = (1024, 512, 256, 128, 64)  # tried largest first for the tiled context pass
-WHOLE_TILES = (2048, 1024, 512, 256, 128, 64)  # tried largest first for tiled whole-image SR
+WHOLE_TILES = (2048, 1024, 512, 256, 128, 64, 32)  # tried largest first for tiled whole-image SR
 MAX_BATCH = 64        # ROIs per decode call
 
 

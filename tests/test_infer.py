@@ -13,7 +13,7 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr
 
-from clsr_arch import infer
+from clsr_arch import api, infer
 from conftest import bicubic_lr, shared
 
 TINY = {'type': 'CLSR', 'backbone': {'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': 4},
@@ -143,3 +143,68 @@ def test_weights_that_do_not_match_the_options_name_the_keys(tmp_path, capsys, t
     torch.save({'params': build_network(other).state_dict()}, bad)
     code, cap = run(capsys, hr_image[0], '--degrade', '--roi', '0,0,8,8', '--opt', opt, '--weights', bad)
     assert code == 2 and 'shape mismatches [base.' in cap.err and '(16, 16, 3, 3) vs (8, 8, 3, 3)' in cap.err
+
+
+def test_negative_box_after_a_space_gets_the_box_error_not_argparse(tmp_path, capsys, tiny_model, hr_image):
+    opt, weights = tiny_model
+    code, cap = run(capsys, hr_image[0], '--degrade', '--roi', '-1,0,5,5', '--opt', opt, '--weights', weights,
+                    '--out', tmp_path / 'o')
+    assert code == 2 and '--roi -1,0,5,5 is outside the 25x24 (WxH) LR image' in cap.err
+    assert cap.err.count('\n') == 1 and not (tmp_path / 'o').exists()
+
+
+def test_methods_choice_and_the_summary(tmp_path, capsys, tiny_model, hr_image):
+    opt, weights = tiny_model
+    out = tmp_path / 'o'
+    code = infer.main([hr_image[0], '--degrade', '--roi', '2,3,12,10', '--methods', 'clsr,bicubic',
+                       '--opt', opt, '--weights', weights, '--out', str(out), '--device', 'cpu'])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    meta = json.loads((out / 'butterfly_crop_metrics.json').read_text())
+    assert meta['methods'] == ['bicubic', 'clsr'] and set(meta['rois'][0]['methods']) == {'bicubic', 'clsr'}
+    assert not (out / 'butterfly_crop_roi0_post_crop.png').exists()
+    assert meta['peak_rss_bytes'] > 10 * 2 ** 20 and 'peak RSS' in cap.out and 'plan:' in cap.out
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) == []  # no temporaries left
+    code, cap = run(capsys, hr_image[0], '--degrade', '--roi', '2,3,12,10', '--methods', 'clsr,sharpen',
+                    '--opt', opt, '--weights', weights, '--out', tmp_path / 'o2')
+    assert code == 2 and "--methods 'clsr,sharpen'" in cap.err and not (tmp_path / 'o2').exists()
+
+
+def test_a_memory_budget_tiles_or_skips_post_crop(tmp_path, capsys, tiny_model):
+    """Whole-image SR over the budget: tiled by default; with --tile 0 skipped with one line
+    (default methods) or an error naming the budget (asked for by name)."""
+    opt, weights = tiny_model
+    image = shared('Set5', 'HR', 'butterfly.png')  # 256x256 HR -> 64x64 LR
+    model = api.LocalSR(weights, opt, device='cpu')
+    budget = int(api.SAFETY * model.whole_bytes((40, 40)))  # a 32-pixel tile + 2 x 4 overlap fits
+    assert budget < api.SAFETY * model.whole_bytes((64, 64))  # the whole image does not
+    args = [image, '--degrade', '--roi', '2,3,12,10', '--opt', opt, '--weights', weights, '--max-memory', str(budget),
+            '--tile-overlap', '4']
+    code, cap = run(capsys, *args, '--out', tmp_path / 'a')
+    assert code == 0, cap.err
+    assert 'clsr-infer: post_crop: whole-image SR tiled (32-pixel LR tiles, overlap 4)' in cap.err
+    meta = json.loads((tmp_path / 'a' / 'butterfly_metrics.json').read_text())
+    assert meta['runs']['post_crop']['tile'] == 32 and meta['methods'] == list(infer.METHODS)
+    code, cap = run(capsys, *args, '--tile', '0', '--methods', 'bicubic,pre_crop,post_crop', '--out', tmp_path / 'b')
+    assert code == 2 and 'whole-image SR of the 64x64 LR image needs' in cap.err and 'tiling is disabled' in cap.err
+    assert cap.err.count('\n') == 1 and not (tmp_path / 'b').exists()
+    code, cap = run(capsys, *args, '--tile', '0', '--out', tmp_path / 'c')
+    assert code == 0, cap.err
+    assert 'clsr-infer: post_crop skipped: whole-image SR of the 64x64 LR image needs' in cap.err
+    meta = json.loads((tmp_path / 'c' / 'butterfly_metrics.json').read_text())
+    assert 'post_crop' not in meta['methods'] and 'bicubic' in meta['methods']
+
+
+def test_nothing_half_written_when_writing_fails(tmp_path, capsys, tiny_model, hr_image, monkeypatch):
+    opt, weights = tiny_model
+    out = tmp_path / 'o'
+    calls = []
+
+    def failing_figure(*a, **k):
+        calls.append(1)
+        raise OSError('disk full')
+    monkeypatch.setattr(infer, 'comparison_figure', failing_figure)
+    with pytest.raises(OSError, match='disk full'):
+        infer.main([hr_image[0], '--degrade', '--roi', '2,3,12,10', '--opt', opt, '--weights', weights,
+                    '--out', str(out), '--quiet', '--device', 'cpu'])
+    assert calls and list(out.iterdir()) == []  # the ROI PNGs written before the failure are gone
