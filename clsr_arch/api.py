@@ -49,7 +49,7 @@ from .planner import composite, plan_boxes
 from .utils.checkpoint import CheckpointError, safe_load
 from .utils.flops import CostModel
 from .utils.memory import available_bytes, format_bytes, linear_peak, parse_bytes, peak_bytes
-from .whole_image import whole_image_flops, whole_image_sr
+from .whole_image import tile_layout, touched_tiles, whole_image_flops, whole_image_sr
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
 DEFAULT_WEIGHTS = osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth')
@@ -276,6 +276,7 @@ class LocalSR:
         self.progress = progress
         self._meta = None
         self._cost = None
+        self._estimates = {}
 
     @staticmethod
     def _device(device):
@@ -318,11 +319,17 @@ class LocalSR:
             self._meta = copy.deepcopy(self.net).to('meta'), copy.deepcopy(self.base).to('meta')
         return self._meta
 
+    def _memo(self, key, fn):
+        if key not in self._estimates:
+            self._estimates[key] = fn()
+        return self._estimates[key]
+
     def context_bytes(self, hw):
         """Estimated peak bytes of the untiled context pass over an ``hw`` LR image."""
         net = self._meta_nets()[0]
-        return linear_peak(lambda h, w: peak_bytes(net.encode_context,
-                                                   torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta')), hw)
+        return self._memo(('context', tuple(hw)), lambda: linear_peak(
+            lambda h, w: peak_bytes(net.encode_context, torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta')),
+            hw))
 
     def feature_bytes(self, hw):
         """Bytes of the PIM features the context pass keeps for an ``hw`` LR image."""
@@ -337,7 +344,7 @@ class LocalSR:
         def run(h, w):
             return peak_bytes(lambda x: run_backbone(base, x.float().div(255.), self.scale, self.multiple),
                               torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta'))
-        return linear_peak(run, hw)
+        return self._memo(('whole', tuple(hw)), lambda: linear_peak(run, hw))
 
     def decode_bytes(self, pixels):
         """Estimated peak bytes of decoding ROIs of ``pixels`` LR pixels in all (padded)."""
@@ -384,8 +391,10 @@ class LocalSR:
         raise MemoryBudgetError(f'{name}: not even a {CONTEXT_TILES[-1]}-pixel tile of the context pass fits '
                                 f'the memory budget of {format_bytes(self.max_memory)}')
 
-    def whole_tile(self, hw):
-        """Tile for whole-image SR of ``hw``: None (untiled fits), a size, or raises."""
+    def whole_tile(self, hw, boxes=None):
+        """Tile of whole-image SR of ``hw`` for ``boxes``: None when untiled fits; else, of the
+        tile sizes that fit, the one whose touched tiles cost the fewest FLOPs (few boxes: small
+        tiles, a full grid: large ones, less overlap); MemoryBudgetError with tiling off."""
         if isinstance(self.tile, (int, np.integer)) and self.tile > 0:
             return int(self.tile)
         need = self.whole_bytes(hw)
@@ -397,11 +406,13 @@ class LocalSR:
                 f'(estimate x{SAFETY}), over the memory budget of {format_bytes(self.max_memory)}, and tiling '
                 'is disabled (tile=0): allow tiling or raise max_memory')
         o = self.tile_overlap
-        for t in WHOLE_TILES:
-            if self.fits(self.whole_bytes((min(hw[0], t + 2 * o), min(hw[1], t + 2 * o)))):
-                return t
-        raise MemoryBudgetError(f'whole-image SR: not even a {WHOLE_TILES[-1]}-pixel tile fits the memory '
-                                f'budget of {format_bytes(self.max_memory)}')
+        fitting = [t for t in WHOLE_TILES if self.fits(self.whole_bytes((min(hw[0], t + 2 * o), min(hw[1], t + 2 * o))))]
+        if not fitting:
+            raise MemoryBudgetError(f'whole-image SR: not even a {WHOLE_TILES[-1]}-pixel tile fits the memory '
+                                    f'budget of {format_bytes(self.max_memory)}')
+        if boxes is None:
+            return fitting[0]
+        return min(fitting, key=lambda t: (whole_image_flops(self.cost, hw, boxes, t, o), -t))
 
 
 class Image:
@@ -447,8 +458,8 @@ class Image:
             bar.update(done - bar.n)
         with torch.no_grad():
             self.state = m.net.encode_context(self.tensor, tile=tile, store=store, folder=m.cache_dir,
-                                              progress=progress if bar else None)
-        if bar:
+                                              progress=progress if bar is not None else None)
+        if bar is not None:
             bar.close()
         if m.device.type == 'cuda':
             torch.cuda.synchronize(m.device)
@@ -483,6 +494,7 @@ class Image:
         if output not in ('uint8', 'tensor'):
             raise LocalSRError(f"output {output!r}: expected 'uint8' or 'tensor'")
         boxes = normalise_boxes(boxes, self.hw)
+        self.model.cost  # built once per model (~0.5 s), not charged to the first call's time
         t0 = time.perf_counter()
         info = {'method': method, 'boxes': len(boxes)}
         with torch.no_grad():
@@ -502,10 +514,17 @@ class Image:
             return [o.float().cpu() for o in outs]
         return [to_uint8(o) for o in outs]
 
-    def _whole(self, run, boxes, info):
+    def _whole(self, run, boxes, info, tile):
+        """Whole-image SR of ``run`` (untiled, or only the tiles the boxes touch), into ``info``:
+        the tile, the tiles run, and their FLOPs (``gflops``); ``gflops_full`` is every tile."""
         m = self.model
-        tile = m.whole_tile(self.hw)
         info['tile'] = tile
+        info['gflops'] = whole_image_flops(m.cost, self.hw, boxes, tile, m.tile_overlap) / 1e9
+        info['gflops_full'] = whole_image_flops(m.cost, self.hw, [(0, 0, self.hw[1], self.hw[0])], tile,
+                                                m.tile_overlap) / 1e9
+        if tile:
+            info['tiles'] = (len(touched_tiles(self.hw, tile, m.tile_overlap, boxes)),
+                             len(tile_layout(self.hw, tile, m.tile_overlap)))
         bar = None
         if tile and m.progress:
             bar = tqdm(desc='whole-image tiles', unit='tile')
@@ -514,15 +533,13 @@ class Image:
             bar.total = total
             bar.update(done - bar.n)
         outs = whole_image_sr(run, self.tensor, m.scale, boxes, m.multiple, tile, m.tile_overlap,
-                              progress if bar else None)
-        if bar:
+                              progress if bar is not None else None)
+        if bar is not None:
             bar.close()
         return outs
 
     def _post_crop(self, boxes, info):
-        info['gflops'] = whole_image_flops(self.model.cost, self.hw, boxes, self.model.whole_tile(self.hw),
-                                           self.model.tile_overlap) / 1e9
-        return self._whole(self.model.base, boxes, info)
+        return self._whole(self.model.base, boxes, info, self.model.whole_tile(self.hw, boxes))
 
     def _bicubic(self, boxes, info):
         s = self.model.scale
@@ -557,9 +574,11 @@ class Image:
     def _clsr(self, boxes, plan, info):
         m = self.model
         if plan:
+            # whole-image SR is priced as a whole image (every tile): it is chosen only when the
+            # boxes want about as much as the image; running just the touched tiles then saves more
             try:
                 tile = m.whole_tile(self.hw)
-                whole = whole_image_flops(m.cost, self.hw, boxes, tile, m.tile_overlap)
+                whole = whole_image_flops(m.cost, self.hw, [(0, 0, self.hw[1], self.hw[0])], tile, m.tile_overlap)
             except MemoryBudgetError:
                 whole = None
             max_px = max(1, int((m.max_memory / SAFETY - m.decode_bytes(0)) / max(m.decode_bytes(1) -
@@ -570,7 +589,7 @@ class Image:
             info['gflops'] = p.flops / 1e9
             if p.mode == 'whole':
                 info['route'] = 'whole-image SR (plain backbone: cheaper than CLSR for these boxes)'
-                return self._whole(m.net.base, boxes, info)
+                return self._whole(m.net.base, boxes, info, tile)
             pieces = p.pieces
         else:
             from .planner import Piece

@@ -217,9 +217,10 @@ def run_methods(image, boxes, methods, explicit, plan, say):
             continue
         results[m] = (outs, dict(image.last_run))
         if image.last_run.get('tile'):
+            run, whole = image.last_run['tiles'], image.model.whole_bytes(image.hw)
             say(f'{m}: whole-image SR tiled ({image.last_run["tile"]}-pixel LR tiles, overlap '
-                f'{image.model.tile_overlap}): it does not fit the memory budget of '
-                f'{format_bytes(image.model.max_memory)} untiled')
+                f'{image.model.tile_overlap}; the {run[0]} of {run[1]} tiles the ROIs touch): untiled it needs '
+                f'~{format_bytes(whole * api.SAFETY)}, over the memory budget of {format_bytes(image.model.max_memory)}')
     if not results:
         raise InferError('no method fits the memory budget (see the lines above); raise --max-memory or allow tiling')
     return results
@@ -279,7 +280,9 @@ def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, t
             rec = {'seconds': secs, 'gflops': flops[m][i]}
             label_name = f'pre-crop (pad {model.net.roi_pad})' if m == 'pre_crop' else LABELS[m]
             if m == 'clsr' and info.get('plan', {}).get('mode') == 'whole':
-                label_name += '\n= whole-image SR (planned)'
+                label_name += ' = whole-image SR (planned)'
+            if info.get('tiles'):
+                label_name += f' (tiled, {info["tiles"][0]}/{info["tiles"][1]} tiles)'
             label = f'{label_name}\n{secs * 1e3:.0f} ms, {rec["gflops"]:.3g} GFLOPs'
             if gt is not None:
                 rec.update(psnr_ssim(img[:, :, ::-1], gt[:, :, ::-1]))

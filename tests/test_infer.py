@@ -182,7 +182,7 @@ def test_a_memory_budget_tiles_or_skips_post_crop(tmp_path, capsys, tiny_model):
             '--tile-overlap', '4']
     code, cap = run(capsys, *args, '--out', tmp_path / 'a')
     assert code == 0, cap.err
-    assert 'clsr-infer: post_crop: whole-image SR tiled (32-pixel LR tiles, overlap 4)' in cap.err
+    assert 'clsr-infer: post_crop: whole-image SR tiled (32-pixel LR tiles, overlap 4; the 1 of 4 tiles' in cap.err
     meta = json.loads((tmp_path / 'a' / 'butterfly_metrics.json').read_text())
     assert meta['runs']['post_crop']['tile'] == 32 and meta['methods'] == list(infer.METHODS)
     code, cap = run(capsys, *args, '--tile', '0', '--methods', 'bicubic,pre_crop,post_crop', '--out', tmp_path / 'b')

@@ -198,7 +198,7 @@ class CLSR(nn.Module):
         s = self.adapter.head(as_float_image(roi_ops.crop(context, pboxes)))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
         origins, batch_index = pboxes[:, 1:3], pboxes[:, 0].to(context.device)
-        pim_crops = crop_features(state['pim'], pboxes) if self.pim is not None else None
+        pim_crops = crop_features(state['pim'], pboxes, context.device) if self.pim is not None else None
         if gcm_stage == 0:
             s['feat'] = s['feat'] + self.gcm(s['feat'], origins, batch_index, state['gcm'])
         for i in range(self.adapter.num_stages):

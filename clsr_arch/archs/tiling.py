@@ -142,10 +142,11 @@ class DiskFeatures:
         self.close()
 
 
-def crop_features(feats, boxes):
-    """Per-stage PIM crops of ``boxes`` from a list of tensors or a :class:`DiskFeatures`."""
+def crop_features(feats, boxes, device):
+    """Per-stage PIM crops of ``boxes`` from a list of tensors or a :class:`DiskFeatures`
+    (read on the CPU, then moved to ``device``, where the decode runs)."""
     if isinstance(feats, DiskFeatures):
-        return [c.to(boxes.device) for c in feats.crop(boxes.cpu())]
+        return [c.to(device) for c in feats.crop(boxes.cpu())]
     return [roi_ops.crop(f, boxes) for f in feats]
 
 
