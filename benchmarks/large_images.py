@@ -43,6 +43,7 @@ SHARED = osp.join(common.REPO, os.pardir, 'shared', 'data')
 CONTEXTS = {'3000x4000': (3000, 4000), '10000x10000': (10000, 10000)}
 QUICK_CONTEXTS = {'300x400': (300, 400), '500x500': (500, 500)}
 ROI_SIZES = (24, 48, 96, 192)
+QUICK_ROI_SIZES = (24, 48)
 GRID_IMAGES = {'BSD100 img_001': ('BSD100', 'img_001.png'), 'DIV2K 0004 (2K)': ('DIV2K', '0004.png')}
 
 
@@ -81,7 +82,7 @@ def one_context(args):
     rss_encode = peak_rss_bytes()
     rng = np.random.default_rng(0)
     decode = {}
-    for s in ROI_SIZES:
+    for s in QUICK_ROI_SIZES if args.quick else ROI_SIZES:
         image.super_resolve([((w - s) // 2, (h - s) // 2, s, s)], plan=False)  # warm-up of this size
         times = []
         for _ in range(5):
@@ -114,16 +115,18 @@ def run_child(extra, threads):
 def part_contexts(args, contexts):
     rows = []
     for name in contexts:
-        r = run_child(['--one', name, '--max-memory', args.max_memory], args.threads)
+        r = run_child(['--one', name, '--max-memory', args.max_memory] + (['--quick'] if args.quick else []),
+                      args.threads)
+        sizes = [int(k) for k in r['decode_ms']]
         print(json.dumps(r), flush=True)
         how = 'untiled' if r['tile'] is None else f"{r['tile']}-px tiles"
         mp = np.prod([int(v) for v in name.split('x')]) / 1e6
         rows.append([f'{name} ({mp:.3g} MP)',
                      f"{r['encode_s']:.1f}", f"{how}, features in {r['store']}",
                      format_bytes(r['feature_bytes']), format_bytes(r['rss_before_encode']),
-                     format_bytes(r['peak_rss'])] + [f"{r['decode_ms'][str(s)]:.0f}" for s in ROI_SIZES])
+                     format_bytes(r['peak_rss'])] + [f"{r['decode_ms'][str(s)]:.0f}" for s in sizes])
     header = ['LR context (H×W)', 'context pass s', 'how', 'PIM features', 'RSS before (image loaded)', 'peak RSS'] + \
-        [f'{s}x{s} ROI ms' for s in ROI_SIZES]
+        [f'{s}x{s} ROI ms' for s in sizes]
     body = (f'Produced by `{common.command_line(__file__)}` ({common.env_line("cpu", args.threads)}); shipped '
             f'CLSR-CARN-M x4, memory budget `max_memory={args.max_memory}`, one subprocess per context '
             '(peak RSS = its `ru_maxrss`, the mosaic and the interpreter included); decode = median of 5 random '

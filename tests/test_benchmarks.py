@@ -161,3 +161,20 @@ def test_params_script_counts_clsr_as_backbone_plus_context_modules(capsys):
     assert table['CARN-M'][0] == 0.294  # 294,171: the official CARN-M without its x2/x3 upsamplers
     for plain, clsr, extra in table.values():
         assert abs((clsr - plain) * 1e3 - extra) < 1.0  # CLSR = the backbone + GCM/PIM
+
+
+def test_large_images_benchmark_runs_and_writes_its_tables(tmp_path):
+    """benchmarks/large_images.py --quick: small contexts (each in its own process) and one
+    planned grid, the sections written with a row per context/image."""
+    import large_images
+    out = tmp_path / 'bench.md'
+    large_images.main(['--quick', '--parts', 'contexts,grid', '--repeats', '1', '--out', str(out),
+                       '--max-memory', '2G'])
+    contexts = common.read_section(str(out), 'large-contexts')
+    assert contexts.count('| 300x400 (0.12 MP) |') == 1 and '| 500x500 (0.25 MP) |' in contexts
+    assert 'untiled, features in memory' in contexts
+    grid = common.read_section(str(out), 'large-grid')
+    assert '| BSD100 img_001 | 72x120 | 15 | whole |' in grid
+    mosaic = large_images.mosaic(300, 2300)  # wider than one 2K image: a second one follows
+    assert mosaic.shape == (300, 2300, 3) and mosaic.std() > 10  # real pixels, not a blank canvas
+    assert (mosaic[:, 2100:] != mosaic[:, :200]).any()
