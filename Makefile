@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install browser demo test test-all clean
 
 install: $(STAMP)
 
@@ -16,7 +16,17 @@ $(STAMP): setup.py
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --no-build-isolation basicsr==1.4.2
 	$(PY) -m pip install -e '.[dev]'
+	$(MAKE) browser
 	touch $(STAMP)
+
+# The real-browser test (tests/test_viewer_browser.py) drives Debian's Chromium through
+# Playwright (Playwright's own browser download cannot work here). Installed where the machine
+# allows it (root with apt, as on CI); elsewhere the test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)); \
+	else echo "chromium not installed (needs root and apt-get): the browser test will skip"; fi
 
 demo: install
 	$(PY) -m clsr_arch.demo

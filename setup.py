@@ -23,7 +23,13 @@ setup(
         'pyyaml',
         'matplotlib',
         'scikit-image',
+        # clsr-view (clsr_arch/viewer): the web app and its server
+        'fastapi',
+        'uvicorn',
+        'python-multipart',
     ],
-    extras_require={'dev': ['pytest', 'pytest-timeout']},
-    entry_points={'console_scripts': ['clsr-infer=clsr_arch.infer:main']},
+    # httpx: FastAPI's TestClient; playwright: the real-browser test (drives the system Chromium)
+    extras_require={'dev': ['pytest', 'pytest-timeout', 'httpx', 'playwright']},
+    package_data={'clsr_arch.viewer': ['static/*']},
+    entry_points={'console_scripts': ['clsr-infer=clsr_arch.infer:main', 'clsr-view=clsr_arch.viewer.cli:main']},
 )

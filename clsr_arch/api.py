@@ -467,11 +467,16 @@ class Image:
                              'estimated_bytes': need, 'feature_bytes': features}
         return self
 
-    def release(self):
-        """Free the context pass (and its feature file) and the pixels; the image is unusable."""
+    def forget_context(self):
+        """Free the context pass (and its feature file) but keep the pixels: the next CLSR box
+        runs it again (a cache evicting contexts, e.g. the viewer's)."""
         if self.state is not None and isinstance(self.state.get('pim'), DiskFeatures):
             self.state['pim'].close()
         self.state = None
+
+    def release(self):
+        """Free the context pass (and its feature file) and the pixels; the image is unusable."""
+        self.forget_context()
         self.tensor = None
 
     # --- local SR

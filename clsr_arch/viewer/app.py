@@ -1,0 +1,253 @@
+"""The viewer's web app: one page and a small JSON API over :mod:`clsr_arch.api` (FastAPI).
+
+Why FastAPI + uvicorn and not Gradio: the page needs pan/zoom and a box dragged on the image,
+with the SR shown beside it within ~100 ms -- custom JavaScript over a few JSON routes does that
+directly, while Gradio's image components would need the same JavaScript through its custom-
+component layer plus its queue in front of every request; FastAPI is also lighter to install and
+to test (Starlette's TestClient, no browser needed for the HTTP tests).
+
+Routes (every error is JSON ``{"error": ...}`` with a 4xx status; nothing here takes a file path
+from a request -- images are the ones the server was started with or that were uploaded, by id):
+
+* ``GET /`` the page; ``GET /static/...`` its script and style;
+* ``GET /api/info`` model, scale, box limit, methods, post-crop limit;
+* ``GET /api/images``; ``POST /api/images`` (multipart ``file``, optional ``degrade``) -> 201;
+* ``GET /api/images/{id}/lr.png`` the LR image;
+* ``POST /api/images/{id}/sr`` ``{"box": [x, y, w, h], "methods": ["clsr", ...]}`` -> each
+  method's SR as a base64 PNG with its time, GFLOPs and (with ground truth) PSNR-Y;
+* ``GET /api/images/{id}/sr.png?box=x,y,w,h`` the CLSR PNG as a download.
+
+The context pass of each image runs once (on its first CLSR box) and stays cached
+(:class:`.store.ImageStore`); one computation runs at a time (requests of two tabs queue, and
+both get what the Python API gives for the same box).
+"""
+import base64
+import os.path as osp
+import threading
+import time
+
+import cv2
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from basicsr.metrics import calculate_psnr
+
+from ..api import METHODS, LocalSRError, bicubic_flops, normalise_boxes, to_uint8
+from ..data.image_io import DataError, decode_bgr8
+from .worker import ComputeWorker
+
+STATIC = osp.join(osp.dirname(__file__), 'static')
+
+
+class ViewerError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class SRRequest(BaseModel):
+    box: list
+    methods: list = ['clsr']
+
+
+def png_bytes(rgb):
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise ViewerError(500, 'PNG encoding failed')
+    return buf.tobytes()
+
+
+def warm_up(model):
+    """Build the cost model and run every method once on a small image, so that the first box a
+    user drags is not also the one that loads the kernels (~1 s on a CPU)."""
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    with model.open(rgb, 'warm-up') as image:
+        for method in METHODS:
+            image.super_resolve([(4, 4, 24, 24)], method=method, plan=False)
+
+
+def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, post_crop_pixels=160 * 160, worker=None):
+    """The FastAPI app serving ``store``'s images.
+
+    Args:
+        store: :class:`.store.ImageStore` (its model does the SR).
+        max_box: largest box side in LR pixels (stated in the page).
+        max_upload_bytes: largest upload accepted.
+        post_crop_pixels: post-crop is offered for LR images of at most this many pixels (its
+            whole-image SR is computed once per image and cached).
+        worker: a :class:`.worker.ComputeWorker` that runs the computations (None: inline).
+    """
+    model = store.model
+    warm_up(model)
+    app = FastAPI(title='clsr viewer', docs_url=None, redoc_url=None)
+    app.mount('/static', StaticFiles(directory=STATIC), name='static')
+    app.state.worker = worker or ComputeWorker()
+    compute = threading.Lock()
+    worker = app.state.worker
+
+    def error(status, message):
+        return JSONResponse({'error': message}, status_code=status)
+
+    @app.exception_handler(ViewerError)
+    def _viewer_error(request, exc):
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(LocalSRError)
+    def _user_error(request, exc):
+        return error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = '.'.join(str(p) for p in first.get('loc', ()) if p != 'body')
+        return error(422, f'bad request: {where or "body"}: {first.get("msg", "invalid")}')
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    def _internal(request, exc):  # a bug: still JSON, and the server keeps serving
+        return error(500, f'internal error: {type(exc).__name__}: {exc}')
+
+    def entry_of(image_id):
+        try:
+            return store.get(image_id)
+        except KeyError:
+            raise ViewerError(404, f'no image {image_id!r} (GET /api/images lists them)') from None
+
+    def box_of(entry, box):
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            raise ViewerError(400, f'box {box!r}: expected [x, y, w, h] in LR pixels')
+        (box, ) = normalise_boxes([box], entry.hw)
+        if max(box[2], box[3]) > max_box:
+            raise ViewerError(400, f'box {box[2]}x{box[3]}: the viewer takes boxes up to {max_box}x{max_box} LR pixels')
+        return box
+
+    def post_crop_allowed(entry):
+        return entry.hw[0] * entry.hw[1] <= post_crop_pixels
+
+    @app.get('/')
+    def index():
+        return FileResponse(osp.join(STATIC, 'index.html'))
+
+    @app.get('/api/info')
+    def info():
+        return {'model': osp.basename(model.weights) if model.weights else type(model.net.base).__name__,
+                'base': type(model.net.base).__name__, 'scale': model.scale, 'max_box': max_box,
+                'methods': list(METHODS), 'post_crop_pixels': post_crop_pixels, 'max_upload_bytes': max_upload_bytes}
+
+    @app.get('/api/images')
+    def images():
+        return {'images': [dict(e, post_crop=e['width'] * e['height'] <= post_crop_pixels) for e in store.list()]}
+
+    @app.post('/api/images', status_code=201)
+    def upload(file: UploadFile = File(...), degrade: bool = Form(False)):
+        content = file.file.read(max_upload_bytes + 1)
+        if len(content) > max_upload_bytes:
+            raise ViewerError(413, f'upload over the limit of {max_upload_bytes / 2 ** 20:.0f} MiB')
+        name = osp.basename(file.filename or 'upload')
+        try:
+            bgr = decode_bgr8(content, name)
+        except DataError as err:
+            raise ViewerError(400, str(err)) from None
+        entry = worker.call(store.add, bgr[:, :, ::-1].copy(), name=name, degrade=degrade)
+        out = entry.summary()
+        out['post_crop'] = post_crop_allowed(entry)
+        return out
+
+    @app.get('/api/images/{image_id}/lr.png')
+    def lr_png(image_id: str):
+        entry = entry_of(image_id)
+        return Response(png_bytes(entry.image.rgb), media_type='image/png')
+
+    def run(entry, box, method):
+        """(HR float [3, sh, sw], GFLOPs) of one method on one box (under entry.lock + compute)."""
+        x, y, w, h = box
+        s = model.scale
+        if method == 'post_crop':
+            if entry.post_crop is None:
+                entry.post_crop = entry.image.super_resolve([(0, 0, entry.hw[1], entry.hw[0])], method='post_crop',
+                                                            output='tensor')[0]
+            return entry.post_crop[:, s * y:s * (y + h), s * x:s * (x + w)], model.cost.base(*entry.hw) / 1e9
+        out = entry.image.super_resolve([box], method=method, output='tensor', plan=False)[0]
+        if method == 'clsr':
+            gflops = model.cost.decode(h, w, entry.hw) / 1e9
+        elif method == 'pre_crop':
+            gflops = model.cost.base(*model.cost.padded_size(h, w, entry.hw)) / 1e9
+        else:
+            gflops = bicubic_flops(h, w, s) / 1e9
+        return out, gflops
+
+    @app.post('/api/images/{image_id}/sr')
+    def sr(image_id: str, req: SRRequest):
+        t_start = time.perf_counter()
+        entry = entry_of(image_id)
+        box = box_of(entry, req.box)
+        methods = list(dict.fromkeys(req.methods))
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ViewerError(400, f'methods {req.methods!r}: expected some of {", ".join(METHODS)}')
+        if 'post_crop' in methods and not post_crop_allowed(entry):
+            raise ViewerError(400, f'post-crop is offered only for LR images up to {post_crop_pixels} pixels '
+                                   f'(this one has {entry.hw[0] * entry.hw[1]}): it runs the whole image')
+        results, context = {}, None
+
+        @torch.no_grad()  # on the worker's thread (grad mode is per thread)
+        def work():
+            nonlocal context
+            if 'clsr' in methods:
+                seconds = store.touch_encoded(entry)
+                if seconds:
+                    context = {'ms': seconds * 1e3, 'gflops': model.cost.context(*entry.hw) / 1e9}
+            for m in methods:
+                t0 = time.perf_counter()
+                out, gflops = run(entry, box, m)
+                rgb = to_uint8(out)
+                rec = {'ms': (time.perf_counter() - t0) * 1e3, 'gflops': gflops,
+                       'width': rgb.shape[1], 'height': rgb.shape[0]}
+                if entry.hr is not None:
+                    s = model.scale
+                    x, y, w, h = box
+                    gt = entry.hr[s * y:s * (y + h), s * x:s * (x + w)]
+                    rec['psnr_y'] = float(calculate_psnr(rgb[:, :, ::-1], gt[:, :, ::-1], 0, test_y_channel=True))
+                rec['png'] = base64.b64encode(png_bytes(rgb)).decode('ascii')
+                results[m] = rec
+        with entry.lock, compute:
+            worker.call(work)
+        return {'image': image_id, 'box': list(box), 'results': results, 'context': context,
+                'server_ms': (time.perf_counter() - t_start) * 1e3}
+
+    @app.get('/api/images/{image_id}/sr.png')
+    def sr_png(image_id: str, box: str):
+        entry = entry_of(image_id)
+        try:
+            parts = [int(v) for v in box.split(',')]
+        except ValueError:
+            raise ViewerError(400, f'box {box!r}: expected x,y,w,h (four integers, LR pixels)') from None
+        b = box_of(entry, parts)
+        @torch.no_grad()
+        def work():
+            store.touch_encoded(entry)
+            return to_uint8(run(entry, b, 'clsr')[0])
+        with entry.lock, compute:
+            rgb = worker.call(work)
+        stem = osp.splitext(entry.name)[0]
+        filename = f'{stem}_x{b[0]}_y{b[1]}_{b[2]}x{b[3]}_clsr_x{model.scale}.png'
+        return Response(png_bytes(rgb), media_type='image/png',
+                        headers={'Content-Disposition': f'attachment; filename="{filename}"'})
+
+    @app.middleware('http')
+    async def _no_cache_for_api(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path.startswith('/api/'):
+            response.headers['Cache-Control'] = 'no-store'
+        return response
+
+    return app

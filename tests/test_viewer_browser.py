@@ -1,0 +1,138 @@
+"""clsr-view in a real browser: Playwright for Python driving Debian's Chromium (Playwright's own
+browser download cannot work here, so it is pointed at the system binary). The page is served by
+uvicorn exactly as ``clsr-view`` serves it; the test drags boxes with the mouse (after zooming
+with the wheel, and at the image border), waits for the SR image, and checks its pixel size and
+pixels against the Python API. It saves a screenshot; with ``CLSR_UPDATE_SCREENSHOT=1`` it also
+writes docs/viewer.png (the README's).
+
+Without Chromium the test skips with the reason -- unless ``CLSR_REQUIRE_BROWSER=1`` (set by
+.ci/run), where a missing browser is a failure: CI must run it for real.
+"""
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from clsr_arch.api import LocalSR
+from clsr_arch.viewer.app import create_app
+from clsr_arch.viewer.store import ImageStore
+from conftest import REPO, shared
+
+
+def chromium_path():
+    path = shutil.which('chromium') or shutil.which('chromium-browser')
+    if path:
+        return path
+    reason = ('no Chromium: `make browser` installs Debian\'s chromium (root with apt-get); '
+              'Playwright\'s own browser download cannot work here')
+    if os.environ.get('CLSR_REQUIRE_BROWSER'):
+        pytest.fail(f'CLSR_REQUIRE_BROWSER is set but {reason}')
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope='module')
+def server():
+    import uvicorn
+    model = LocalSR(device='cpu')
+    store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=50e6)
+    zebra = store.add(shared('Set14', 'HR', 'zebra.png'), degrade=True)  # 146x97 LR, ground truth
+    store.add(shared('Set5', 'HR', 'butterfly.png'))
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(store), host='127.0.0.1', port=port, log_level='warning'))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f'http://127.0.0.1:{port}', model, zebra
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def drag_box(page, box):
+    """Drag on the canvas so that the page's box is exactly ``box`` (LR x, y, w, h)."""
+    x, y, w, h = box
+    view = page.evaluate('({scale: state.scale, ox: state.ox, oy: state.oy})')
+    rect = page.locator('#canvas').bounding_box()
+
+    def screen(ix, iy):
+        return rect['x'] + view['ox'] + ix * view['scale'], rect['y'] + view['oy'] + iy * view['scale']
+    page.mouse.move(*screen(x + 0.25, y + 0.25))
+    page.mouse.down()
+    page.mouse.move(*screen(x + w / 2, y + h / 2), steps=4)
+    page.mouse.move(*screen(x + w - 0.25, y + h - 0.25), steps=4)
+    page.mouse.up()
+
+
+def shown_sr(page, box):
+    key = ','.join(map(str, box))
+    page.wait_for_selector(f'#sr-clsr[data-box="{key}"]', timeout=30000)
+    natural = page.evaluate("(() => { const i = document.getElementById('sr-clsr'); "
+                            "return [i.naturalWidth, i.naturalHeight, i.src]; })()")
+    png = base64.b64decode(natural[2].split(',', 1)[1])
+    return natural[0], natural[1], cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def test_drag_a_box_and_see_its_sr(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+    executable = chromium_path()
+    url, model, zebra = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=['--no-sandbox'])
+        page = browser.new_page(viewport={'width': 1400, 'height': 860})
+        errors = []
+        page.on('pageerror', lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Drag')", timeout=30000)
+        assert page.locator('#images button').count() == 2
+
+        with model.open(zebra.image.rgb) as image:
+            box = (34, 14, 40, 30)
+            drag_box(page, box)
+            w, h, got = shown_sr(page, box)
+            assert (w, h) == (4 * box[2], 4 * box[3])
+            np.testing.assert_array_equal(got, image.super_resolve([box], plan=False)[0])
+            # the comparison row (bicubic, pre-crop, post-crop: a small image) with PSNR labels
+            page.wait_for_selector('#sr-post_crop-tile', timeout=30000)
+            captions = page.locator('#others figcaption').all_inner_texts()
+            assert len(captions) == 3 and all('GFLOPs' in c and 'PSNR-Y' in c for c in captions)
+            assert 'PSNR-Y' in page.inner_text('#clsr-label')
+            page.screenshot(path=str(tmp_path / 'viewer.png'))
+            if os.environ.get('CLSR_UPDATE_SCREENSHOT'):
+                page.screenshot(path=os.path.join(REPO, 'docs', 'viewer.png'))
+
+            # zoom in with the wheel over the image, then a box at the bottom-right border
+            rect = page.locator('#canvas').bounding_box()
+            page.mouse.move(rect['x'] + rect['width'] * 0.8, rect['y'] + rect['height'] * 0.8)
+            page.mouse.wheel(0, -400)
+            assert page.evaluate('state.scale') > 5
+            border = (130, 85, 16, 12)  # reaches x = 146 and y = 97: the image's last pixels
+            view = page.evaluate('({scale: state.scale, ox: state.ox, oy: state.oy})')
+            # pan (shift+drag) so that the border box is on screen
+            sx = rect['x'] + view['ox'] + 138 * view['scale']
+            sy = rect['y'] + view['oy'] + 91 * view['scale']
+            cx, cy = rect['x'] + rect['width'] / 2, rect['y'] + rect['height'] / 2
+            page.keyboard.down('Shift')
+            page.mouse.move(sx, sy)
+            page.mouse.down()
+            page.mouse.move(cx, cy, steps=5)
+            page.mouse.up()
+            page.keyboard.up('Shift')
+            drag_box(page, border)
+            w, h, got = shown_sr(page, border)
+            assert (w, h) == (64, 48)
+            np.testing.assert_array_equal(got, image.super_resolve([border], plan=False)[0])
+        # a bad upload gets a message in the page, and the page keeps working
+        page.set_input_files('#file', files=[{'name': 'notes.png', 'mimeType': 'image/png', 'buffer': b'not a png'}])
+        page.wait_for_function("document.getElementById('message').textContent.includes('notes.png')", timeout=30000)
+        assert errors == []
+        browser.close()
