@@ -127,7 +127,7 @@ def part_contexts(args, contexts):
                      format_bytes(r['peak_rss'])] + [f"{r['decode_ms'][str(s)]:.0f}" for s in sizes])
     header = ['LR context (H×W)', 'context pass s', 'how', 'PIM features', 'RSS before (image loaded)', 'peak RSS'] + \
         [f'{s}x{s} ROI ms' for s in sizes]
-    body = (f'Produced by `{common.command_line(__file__)}` ({common.env_line("cpu", args.threads)}); shipped '
+    body = (f'Produced by `{common.command_line(__file__, args.argv)}` ({common.env_line("cpu", args.threads)}); shipped '
             f'CLSR-CARN-M x4, memory budget `max_memory={args.max_memory}`, one subprocess per context '
             '(peak RSS = its `ru_maxrss`, the mosaic and the interpreter included); decode = median of 5 random '
             'positions after one warm-up, `plan=False` (one CLSR decode per ROI).\n\n'
@@ -168,7 +168,7 @@ def part_grid(args, images):
                      f'{c:.3f}', f'{p:.3f}', f'{c / p:.3f}'])
     header = ['image', 'LR (WxH)', 'ROIs', 'plan', 'GFLOPs singles / merged / whole', 'planned CLSR s',
               'post-crop s', 'planned / post-crop']
-    body = (f'Produced by `{common.command_line(__file__)}` ({common.env_line("cpu", args.threads)}); shipped '
+    body = (f'Produced by `{common.command_line(__file__, args.argv)}` ({common.env_line("cpu", args.threads)}); shipped '
             f'CLSR-CARN-M x4, every ROI of the 24x24 grid; median of {args.repeats} interleaved runs after one '
             'warm-up of each, a freshly opened image per run (no context pass carried over).\n\n'
             + common.markdown_table(header, rows))
@@ -191,7 +191,7 @@ def part_cli(args, hw):
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith('clsr-infer:')]
     print('\n'.join(summary + notes), flush=True)
     shown = ' '.join(['clsr-infer', f'big.png ({w}x{h} LR mosaic)'] + cmd[4:6] + ['--threads', str(args.threads)])
-    body = (f'Produced by `{common.command_line(__file__)}` ({common.env_line("cpu", args.threads)}): '
+    body = (f'Produced by `{common.command_line(__file__, args.argv)}` ({common.env_line("cpu", args.threads)}): '
             f'`{shown}`, default methods and memory budget, finished in {wall:.1f} s wall. Its summary:\n\n```\n'
             + '\n'.join(notes + summary) + '\n```')
     common.write_section(args.out, 'large-cli', body)
@@ -210,6 +210,7 @@ def main(argv=None):
     p.add_argument('--one', help=argparse.SUPPRESS)
     p.add_argument('--json', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = argv  # the command line named under each table (None: this process's)
     if args.one:
         return one_context(args)
     parse_bytes(args.max_memory)

@@ -94,7 +94,7 @@ def main(argv=None):
                     clsr.append(r['server_ms'])
                     r = client.post(f'/api/images/{e.id}/sr', json={'box': box, 'methods': ['bicubic', 'pre_crop']}).json()
                     compare.append(r['server_ms'])
-                sizes = sorted({f'{e.hw[1]}x{e.hw[0]}' for e in entries})
+                sizes = [f'{w}x{h}' for h, w in sorted({e.hw for e in entries}, key=lambda hw: hw[0] * hw[1])]
                 lr = sizes[0] if len(sizes) == 1 else f'{len(entries)} images, {sizes[0]} … {sizes[-1]}'
                 print(label, np.median(first), max(first), np.median(clsr), pct(clsr, 95), flush=True)
                 rows.append([label, lr, f'{np.median(first):.0f} / {max(first):.0f}', f'{np.median(first_wall):.0f}',
@@ -107,7 +107,7 @@ def main(argv=None):
     header = ['images (LR WxH)', 'LR', 'first box, server ms (p50 / max)', 'first box, client ms p50',
               f'{args.box}x{args.box} CLSR, server ms p50 / p95', 'same, client ms p50 / p95',
               'bicubic + pre-crop request, server ms p50 / p95']
-    body = (f'Produced by `{common.command_line(__file__)}` ({common.env_line("cpu", args.threads)}): uvicorn serving '
+    body = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}): uvicorn serving '
             f'clsr-view\'s app in this process, an httpx client over loopback; shipped CLSR-CARN-M x4; '
             f'{n_boxes} random {args.box}x{args.box} boxes per set after the first box of each image.\n\n'
             + common.markdown_table(header, rows))

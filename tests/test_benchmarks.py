@@ -178,3 +178,12 @@ def test_large_images_benchmark_runs_and_writes_its_tables(tmp_path):
     mosaic = large_images.mosaic(300, 2300)  # wider than one 2K image: a second one follows
     assert mosaic.shape == (300, 2300, 3) and mosaic.std() > 10  # real pixels, not a blank canvas
     assert (mosaic[:, 2100:] != mosaic[:, :200]).any()
+
+
+def test_viewer_latency_benchmark_runs_over_http(tmp_path):
+    """benchmarks/viewer_latency.py --quick: a real uvicorn server, an httpx client, the table."""
+    import viewer_latency
+    out = tmp_path / 'bench.md'
+    viewer_latency.main(['--quick', '--out', str(out)])
+    table = common.read_section(str(out), 'viewer-latency')
+    assert '| Set5 (quick) | 3 images, 64x64 … 128x128 |' in table

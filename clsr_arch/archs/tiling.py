@@ -139,7 +139,10 @@ class DiskFeatures:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
 
 
 def crop_features(feats, boxes, device):
