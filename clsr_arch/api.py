@@ -479,6 +479,15 @@ class Image:
         self.forget_context()
         self.tensor = None
 
+    def propose(self, n, size=48, estimator='pim'):
+        """Where to look: the ``n`` non-overlapping ``size`` (or ``(w, h)``) boxes with the
+        highest estimated SR gain (:func:`clsr_arch.selective.propose`; ``estimator``:
+        ``'pim'`` -- from the context pass, ``'gradient'`` or ``'learned'``). Returns
+        ``(boxes, scores)``, best first."""
+        from .selective import propose
+        self._check_open()
+        return propose(self, n, size, estimator)
+
     # --- local SR
     def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None):
         """SR of ``boxes`` (``[(x, y, w, h), ...]`` LR pixels, any sizes, may overlap).

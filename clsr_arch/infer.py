@@ -166,6 +166,11 @@ def build_parser():
     p.add_argument('--hr', help='ground-truth HR of an LR IMAGE (for PSNR)')
     p.add_argument('--roi', action='append', default=[], metavar='X,Y,W,H', help='ROI in LR pixels (repeatable)')
     p.add_argument('--grid', type=int, metavar='N', help='every N x N ROI of a non-overlapping grid')
+    p.add_argument('--propose', type=int, metavar='N',
+                   help='add the N non-overlapping boxes with the highest estimated SR gain (where to look)')
+    p.add_argument('--propose-size', type=int, default=48, metavar='S', help='side of proposed boxes (default 48)')
+    p.add_argument('--propose-by', default='pim', choices=('pim', 'gradient', 'learned'),
+                   help='gain estimator of --propose (default pim: from the context pass)')
     p.add_argument('--methods', metavar='M[,M...]',
                    help=f'which of {",".join(METHODS)} to run (default: all that fit the memory budget)')
     p.add_argument('--weights', default=DEFAULT_WEIGHTS, help='CLSR checkpoint (default: the shipped model)')
@@ -229,8 +234,8 @@ def run_methods(image, boxes, methods, explicit, plan, say):
 def infer(args, say=None):
     """Run everything; returns the metrics dict that is also written as JSON."""
     say = say or (lambda line: print(f'clsr-infer: {line}', file=sys.stderr))
-    if not args.roi and not args.grid:
-        raise InferError('give at least one --roi x,y,w,h or --grid N')
+    if not args.roi and not args.grid and not args.propose:
+        raise InferError('give at least one --roi x,y,w,h, --grid N or --propose N')
     if args.max_figure_rois < 1:
         raise InferError(f'--max-figure-rois {args.max_figure_rois}: must be >= 1')
     methods, explicit = parse_methods(args.methods)
@@ -246,6 +251,12 @@ def infer(args, say=None):
         boxes += grid_boxes(lr.shape[:2], args.grid)
     t0 = time.perf_counter()
     with model.open(lr, name=args.image) as image:
+        proposed = []
+        if args.propose:
+            proposed, scores = image.propose(args.propose, args.propose_size, args.propose_by)
+            say(f'proposed (by {args.propose_by}): ' + ', '.join(f'{",".join(map(str, b))} ({sc:.3g})'
+                                                               for b, sc in zip(proposed, scores)))
+            boxes += proposed
         results = run_methods(image, boxes, methods, explicit, not args.no_plan, say)
         flops = {m: [per_roi_gflops(model, image, m, b, results[m][1]) for b in boxes] for m in results}
         context = image.context_info
@@ -254,7 +265,7 @@ def infer(args, say=None):
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.clsr-infer-', dir=args.out)
     try:
-        result = write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s)
+        result = write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s, proposed)
         for name in os.listdir(tmp):
             os.replace(osp.join(tmp, name), osp.join(args.out, name))
     finally:
@@ -262,13 +273,13 @@ def infer(args, say=None):
     return result
 
 
-def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s):
+def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s, proposed=()):
     stem = osp.splitext(osp.basename(args.image))[0]
     ran = [m for m in METHODS if m in results]
     rois, tiles = [], []
     for i, (bx, by, bw, bh) in enumerate(boxes):
         gt = hr[s * by:s * (by + bh), s * bx:s * (bx + bw)] if hr is not None else None
-        entry = {'box': [bx, by, bw, bh], 'methods': {}, 'files': {}}
+        entry = {'box': [bx, by, bw, bh], 'proposed': (bx, by, bw, bh) in proposed, 'methods': {}, 'files': {}}
         row = []
         for m in ran:
             img = results[m][0][i]  # RGB
@@ -298,9 +309,11 @@ def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, t
         rois.append(entry)
         tiles.append(row)
 
-    n_fig = min(len(boxes), args.max_figure_rois)
     figure = f'{stem}_compare.png'
-    comparison_figure(lr, boxes[:n_fig], tiles[:n_fig], osp.join(tmp, figure),
+    # proposals are ROIs too (their own rows), and are always drawn on the context
+    shown = list(range(min(len(boxes), args.max_figure_rois)))
+    shown += [i for i, b in enumerate(boxes) if b in proposed and i not in shown]
+    comparison_figure(lr, [boxes[i] for i in shown], [tiles[i] for i in shown], osp.join(tmp, figure),
                       title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
     result = {'image': args.image, 'lr_size': [lr.shape[1], lr.shape[0]], 'scale': s, 'weights': args.weights,

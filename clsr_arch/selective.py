@@ -223,14 +223,16 @@ def propose(image, n, size=48, estimator='pim', stride=None):
 
 
 # ------------------------------------------------------------------------------ selective SR
-def selective_sr(image, scores, k, tile=TILE, margin=2, bicubic=None):
+def selective_sr(image, scores, k, tile=TILE, margin=2, bicubic=None, plan=True, cache=None):
     """Whole-image x s output: CLSR on the top ``k`` (fraction 0..1) of the ``tile`` grid by
     ``scores`` (one per grid tile, row-major), bicubic elsewhere, seams blended.
 
     Each chosen tile is super-resolved grown by ``margin`` LR pixels (clipped at the image); its
     weight is 1 on the tile and falls linearly to 0 across the margin, so a chosen tile fades
-    into bicubic, and two chosen neighbours fade into each other. Returns (RGB uint8 HR, the
-    API's ``last_run`` of the CLSR part -- its plan, route and GFLOPs -- or None, chosen boxes)."""
+    into bicubic, and two chosen neighbours fade into each other. ``plan``: the grown tiles go
+    through the planner (merged when cheaper); False decodes each on its own, reusing the
+    outputs in ``cache`` (a dict, for sweeps over ``k``). Returns (RGB uint8 HR, the CLSR part's
+    run -- ``gflops``, ``route``; the API's ``last_run`` when planned -- or None, chosen boxes)."""
     H, W = image.hw
     s = image.model.scale
     grid = [tuple(r) for r in validation_grid(H, W, tile, tile)[0].tolist()]
@@ -247,8 +249,19 @@ def selective_sr(image, scores, k, tile=TILE, margin=2, bicubic=None):
         x0, y0 = max(0, x - margin), max(0, y - margin)
         x1, y1 = min(W, x + w + margin), min(H, y + h + margin)
         grown.append((x0, y0, x1 - x0, y1 - y0))
-    outs = image.super_resolve(grown, output='tensor')
-    run = dict(image.last_run)
+    if plan:
+        outs = image.super_resolve(grown, output='tensor')
+        run = dict(image.last_run)
+    else:
+        cache = {} if cache is None else cache
+        missing = [g for g in grown if g not in cache]
+        if missing:
+            for g, out in zip(missing, image.super_resolve(missing, output='tensor', plan=False)):
+                cache[g] = out
+        outs = [cache[g] for g in grown]
+        cost = image.model.cost
+        run = {'route': 'clsr', 'gflops': sum(cost.decode(gh, gw, (H, W)) for _, _, gw, gh in grown) / 1e9
+               + (0. if image.encoded else cost.context(H, W) / 1e9)}
     acc = np.zeros_like(bic)
     wsum = np.zeros(bic.shape[:2], np.float32)
     ramp = float(s * margin)

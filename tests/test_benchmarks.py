@@ -187,3 +187,15 @@ def test_viewer_latency_benchmark_runs_over_http(tmp_path):
     viewer_latency.main(['--quick', '--out', str(out)])
     table = common.read_section(str(out), 'viewer-latency')
     assert '| Set5 (quick) | 3 images, 64x64 … 128x128 |' in table
+
+
+def test_selective_benchmark_runs_and_plots(tmp_path):
+    """benchmarks/selective.py --quick: one Set5 image, every estimator, the sweep, the plot."""
+    import selective as selective_bench
+    out, png = tmp_path / 'sel.md', tmp_path / 'sel.png'
+    selective_bench.main(['--quick', '--out', str(out), '--plot', str(png)])
+    ranking = common.read_section(str(out), 'selective-ranking')
+    assert '| learned CNN |' in ranking and '| random (floor) |' in ranking
+    sweep = common.read_section(str(out), 'selective-sweep')
+    assert sweep.count('| oracle') == 2 and '| post-crop (whole image) |' in sweep
+    assert png.stat().st_size > 10000

@@ -208,3 +208,15 @@ def test_nothing_half_written_when_writing_fails(tmp_path, capsys, tiny_model, h
         infer.main([hr_image[0], '--degrade', '--roi', '2,3,12,10', '--opt', opt, '--weights', weights,
                     '--out', str(out), '--quiet', '--device', 'cpu'])
     assert calls and list(out.iterdir()) == []  # the ROI PNGs written before the failure are gone
+
+
+def test_propose_adds_the_best_boxes_and_marks_them(tmp_path, capsys, tiny_model):
+    opt, weights = tiny_model
+    image = shared('Set5', 'HR', 'butterfly.png')
+    code, cap = run(capsys, image, '--degrade', '--propose', '2', '--propose-size', '16', '--propose-by', 'gradient',
+                    '--methods', 'clsr,bicubic', '--opt', opt, '--weights', weights, '--out', tmp_path / 'o')
+    assert code == 0, cap.err
+    assert 'clsr-infer: proposed (by gradient): ' in cap.err
+    meta = json.loads((tmp_path / 'o' / 'butterfly_metrics.json').read_text())
+    assert [r['proposed'] for r in meta['rois']] == [True, True]
+    assert all(r['box'][2:] == [16, 16] for r in meta['rois'])

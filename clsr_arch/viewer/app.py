@@ -15,7 +15,8 @@ from a request -- images are the ones the server was started with or that were u
 * ``GET /api/images/{id}/lr.png`` the LR image;
 * ``POST /api/images/{id}/sr`` ``{"box": [x, y, w, h], "methods": ["clsr", ...]}`` -> each
   method's SR as a base64 PNG with its time, GFLOPs and (with ground truth) PSNR-Y;
-* ``GET /api/images/{id}/sr.png?box=x,y,w,h`` the CLSR PNG as a download.
+* ``GET /api/images/{id}/sr.png?box=x,y,w,h`` the CLSR PNG as a download;
+* ``GET /api/images/{id}/proposals?n=5&size=48`` where to look (:mod:`clsr_arch.selective`).
 
 The context pass of each image runs once (on its first CLSR box) and stays cached
 (:class:`.store.ImageStore`); one computation runs at a time (requests of two tabs queue, and
@@ -223,6 +224,24 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, post_crop_pixe
             worker.call(work)
         return {'image': image_id, 'box': list(box), 'results': results, 'context': context,
                 'server_ms': (time.perf_counter() - t_start) * 1e3}
+
+    @app.get('/api/images/{image_id}/proposals')
+    def proposals(image_id: str, n: int = 5, size: int = 48):
+        """Where to look: ``n`` non-overlapping ``size``-pixel boxes of highest estimated SR gain
+        (the PIM's predicted detail, from the context pass the image needs anyway)."""
+        entry = entry_of(image_id)
+        if not 1 <= n <= 50:
+            raise ViewerError(400, f'n={n}: ask for 1 to 50 proposals')
+        if not 1 <= size <= min(max_box, *entry.hw):
+            raise ViewerError(400, f'size={size}: must be 1..{min(max_box, *entry.hw)} for this image')
+
+        @torch.no_grad()
+        def work():
+            store.touch_encoded(entry)
+            return entry.image.propose(n, size, 'pim')
+        with entry.lock, compute:
+            boxes, scores = worker.call(work)
+        return {'image': image_id, 'estimator': 'pim', 'boxes': [list(b) for b in boxes], 'scores': scores}
 
     @app.get('/api/images/{image_id}/sr.png')
     def sr_png(image_id: str, box: str):

@@ -4,7 +4,7 @@
 const state = {
   info: null, images: [], current: null, img: null,
   scale: 1, ox: 0, oy: 0,          // view: screen = image * scale + offset
-  drag: null, box: null, request: 0,
+  drag: null, box: null, request: 0, suggestions: [],
 };
 const $ = (id) => document.getElementById(id);
 const canvas = $('canvas');
@@ -37,7 +37,7 @@ function renderImageList() {
 async function selectImage(id) {
   const im = state.images.find((e) => e.id === id);
   if (!im) return;
-  state.current = im; state.box = null;
+  state.current = im; state.box = null; state.suggestions = [];
   renderImageList();
   $('compare').hidden = true; $('others').textContent = ''; message('');
   $('imginfo').textContent = `LR ${im.width}×${im.height}` + (im.ground_truth ? ', ground truth known (PSNR shown)' : '');
@@ -92,6 +92,11 @@ function draw() {
   ctx.imageSmoothingEnabled = false;
   ctx.setTransform(state.scale, 0, 0, state.scale, state.ox, state.oy);
   ctx.drawImage(state.img, 0, 0);
+  ctx.setLineDash([4 / state.scale, 3 / state.scale]);
+  ctx.lineWidth = 1.5 / state.scale;
+  ctx.strokeStyle = '#5ac8fa';
+  for (const s of state.suggestions) ctx.strokeRect(s[0], s[1], s[2], s[3]);
+  ctx.setLineDash([]);
   const b = state.drag ? state.drag.box : state.box;
   if (b) {
     ctx.lineWidth = 2 / state.scale;
@@ -137,7 +142,27 @@ window.addEventListener('mousemove', (ev) => {
 window.addEventListener('mouseup', () => {
   const d = state.drag;
   state.drag = null;
-  if (d && !d.pan) { state.box = d.box; draw(); superResolve(d.box); }
+  if (!d || d.pan) return;
+  let box = d.box;
+  if (box[2] === 1 && box[3] === 1) {  // a click inside a suggested box takes that box
+    const hit = state.suggestions.find((s) => box[0] >= s[0] && box[0] < s[0] + s[2] && box[1] >= s[1] && box[1] < s[1] + s[3]);
+    if (hit) box = hit.slice();
+  }
+  state.box = box; draw(); superResolve(box);
+});
+
+$('suggest').addEventListener('click', async () => {
+  if (!state.current) return;
+  const im = state.current;
+  const size = Math.min(48, im.width, im.height, state.info.max_box);
+  status('estimating where SR gains most ...');
+  try {
+    const body = await api(`/api/images/${im.id}/proposals?n=5&size=${size}`);
+    if (state.current !== im) return;
+    state.suggestions = body.boxes;
+    draw();
+    status(`${body.boxes.length} suggested boxes (dashed, by the PIM's predicted detail): click one to super-resolve it.`);
+  } catch (e) { message(e.message); }
 });
 canvas.addEventListener('wheel', (ev) => {
   if (!state.img) return;
