@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from basicsr.metrics import calculate_psnr
 from basicsr.utils.matlab_functions import imresize
 
-from .api import REPO, LocalSRError, bicubic_flops
+from .api import REPO, LocalSRError
 from .data.context_roi_dataset import validation_grid
 from .utils.flops import count_flops
 
