@@ -1,8 +1,8 @@
 """clsr-view in a real browser: Playwright for Python driving Debian's Chromium (Playwright's own
 browser download cannot work here, so it is pointed at the system binary). The page is served by
 uvicorn exactly as ``clsr-view`` serves it; the test drags boxes with the mouse (after zooming
-with the wheel, and at the image border), waits for the SR image, and checks its pixel size and
-pixels against the Python API. It saves a screenshot; with ``CLSR_UPDATE_SCREENSHOT=1`` it also
+with the wheel, and at the image border), clicks a suggested box, waits for the SR image, and
+checks its pixel size and pixels against the Python API. It saves a screenshot; with ``CLSR_UPDATE_SCREENSHOT=1`` it also
 writes docs/viewer.png (the README's).
 
 Without Chromium the test skips with the reason -- unless ``CLSR_REQUIRE_BROWSER=1`` (set by
@@ -106,6 +106,18 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
             captions = page.locator('#others figcaption').all_inner_texts()
             assert len(captions) == 3 and all('GFLOPs' in c and 'PSNR-Y' in c for c in captions)
             assert 'PSNR-Y' in page.inner_text('#clsr-label')
+            # where to look: suggested boxes, and a click inside one super-resolves exactly it
+            page.click('#suggest')
+            page.wait_for_function('state.suggestions.length > 0', timeout=30000)  # up to 5 fit
+            first = page.evaluate('state.suggestions[0]')
+            rect = page.locator('#canvas').bounding_box()
+            view = page.evaluate('({scale: state.scale, ox: state.ox, oy: state.oy})')
+            page.mouse.click(rect['x'] + view['ox'] + (first[0] + first[2] / 2) * view['scale'],
+                             rect['y'] + view['oy'] + (first[1] + first[3] / 2) * view['scale'])
+            w, h, got = shown_sr(page, tuple(first))
+            assert (w, h) == (4 * first[2], 4 * first[3])
+            np.testing.assert_array_equal(got, image.super_resolve([tuple(first)], plan=False)[0])
+            page.wait_for_selector('body[data-busy="0"]', timeout=30000)
             page.screenshot(path=str(tmp_path / 'viewer.png'))
             if os.environ.get('CLSR_UPDATE_SCREENSHOT'):
                 page.screenshot(path=os.path.join(REPO, 'docs', 'viewer.png'))

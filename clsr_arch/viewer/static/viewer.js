@@ -92,9 +92,9 @@ function draw() {
   ctx.imageSmoothingEnabled = false;
   ctx.setTransform(state.scale, 0, 0, state.scale, state.ox, state.oy);
   ctx.drawImage(state.img, 0, 0);
-  ctx.setLineDash([4 / state.scale, 3 / state.scale]);
-  ctx.lineWidth = 1.5 / state.scale;
-  ctx.strokeStyle = '#5ac8fa';
+  ctx.setLineDash([6 / state.scale, 4 / state.scale]);
+  ctx.lineWidth = 2.5 / state.scale;
+  ctx.strokeStyle = '#00e5ff';
   for (const s of state.suggestions) ctx.strokeRect(s[0], s[1], s[2], s[3]);
   ctx.setLineDash([]);
   const b = state.drag ? state.drag.box : state.box;
@@ -197,6 +197,7 @@ async function srRequest(box, methods) {
 async function superResolve(box) {
   const n = ++state.request;
   const id = state.current.id;
+  document.body.dataset.busy = '1';  // '0' once this box's comparisons are shown (tests wait on it)
   message('');
   status(`super-resolving ${box[2]}×${box[3]} at (${box[0]}, ${box[1]}) ...`);
   try {
@@ -239,6 +240,8 @@ async function superResolve(box) {
     }
   } catch (e) {
     if (n === state.request) { message(e.message); status(''); }
+  } finally {
+    if (n === state.request) document.body.dataset.busy = '0';
   }
 }
 
