@@ -54,6 +54,7 @@ BACKBONES = {
 }
 EXTRA_BACKBONES = {
     'SwinIR-light-psd': {**BACKBONES['SwinIR-light'], 'upsampler': 'pixelshuffledirect'},
+    'IMDN': {'type': 'IMDN', 'upscale': SCALE},  # official x4 layout (not in the paper's Table 1)
 }
 # paper row each backbone is compared with (CARN's row costs what CARN-M costs)
 PAPER_ROW = {'CARN_M': 'CARN', 'SRResNet': 'SRResNet', 'RCAN': 'RCAN', 'SwinIR-light': 'SwinIR (lw)',

@@ -23,6 +23,7 @@ def main():
         if name == 'SwinIR-light':
             name = 'SwinIR-light (`pixelshuffledirect`, the official light model)'
         variants.append((name, opt))
+    variants.append(('IMDN (official x4 layout; not in the paper)', {'type': 'IMDN', 'upscale': 4}))
     print('| backbone | plain backbone | CLSR | GCM + PIM |\n|---|---|---|---|')
     for name, opt in variants:
         plain = count(build_on(copy.deepcopy(opt), 'meta'))

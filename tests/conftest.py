@@ -113,6 +113,7 @@ TINY = {
                          num_heads=[2], mlp_ratio=2, upsampler='pixelshuffledirect'),
     'SwinIR': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2, 2],
                    num_heads=[2, 2], mlp_ratio=2, upsampler='pixelshuffle'),
+    'IMDN': dict(type='IMDN', num_feat=16, num_block=3, upscale=4),
 }
 GCM = {'window': 6, 'num_windows': 6, 'heads': 2, 'stage': 1}
 

@@ -159,6 +159,7 @@ def test_params_script_counts_clsr_as_backbone_plus_context_modules(capsys):
     rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
     table = {r[0].strip(): [float(v.strip(' +Mk')) for v in r[1:]] for r in rows}
     assert table['CARN-M'][0] == 0.294  # 294,171: the official CARN-M without its x2/x3 upsamplers
+    assert table['IMDN (official x4 layout; not in the paper)'][0] == 0.715  # 715,176 as published
     for plain, clsr, extra in table.values():
         assert abs((clsr - plain) * 1e3 - extra) < 1.0  # CLSR = the backbone + GCM/PIM
 

@@ -28,6 +28,7 @@ from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.archs.swinir_arch import SwinIR
 
 from .carn_arch import CARN, CARN_M
+from .imdn_arch import IMDN
 
 
 class StageAdapter:
@@ -226,6 +227,39 @@ class SwinIRAdapter(StageAdapter):
         return x / n.img_range + n.mean.to(x)
 
 
+class IMDNAdapter(StageAdapter):
+    """IMDN (``imdn_arch``): head = fea_conv, a stage = one IMDB (the state also carries every
+    block's output: IMDN's tail fuses all six), tail = ``c`` over the concatenated outputs,
+    LR_conv + the long skip from fea_conv, upsampler.
+
+    The contrast-aware attention inside each IMDB pools over the feature map it is given: in
+    CLSR's base that is the padded ROI, so CLSR at initialisation equals pre-crop with the same
+    padding (the baseline the reference measurements compare with). Defaults: roi_pad 2 and the
+    GCM after the first block on N=48 windows, as for CARN-M."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 48, 'stage': 1}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.num_feat = net.fea_conv.out_channels
+        self.num_stages = net.num_block
+
+    def head(self, x):
+        fea = self.net.fea_conv(x)
+        return {'fea': fea, 'outs': (), 'feat': fea}
+
+    def stage(self, i, state):
+        # 'outs' collects each block's output as the next stage received it, i.e. with CLSR's
+        # injections (PIM / GCM) added, so that they also reach the tail's fusion of all blocks
+        outs = state['outs'] + ((state['feat'], ) if i else ())
+        return {**state, 'outs': outs, 'feat': getattr(self.net, f'IMDB{i + 1}')(state['feat'])}
+
+    def tail(self, state):
+        n = self.net
+        outs = state['outs'] + (state['feat'], )
+        return n.upsampler(n.LR_conv(n.c(torch.cat(outs, dim=1))) + state['fea'])
+
+
 def _to_map(tokens, size):
     b, _, c = tokens.shape
     return tokens.transpose(1, 2).reshape(b, c, size[0], size[1])
@@ -233,7 +267,7 @@ def _to_map(tokens, size):
 
 # CARN_M before CARN: CARN_M subclasses CARN's base but not CARN, order only matters for clarity
 ADAPTERS = ((MSRResNet, MSRResNetAdapter), (RCAN, RCANAdapter), (CARN_M, CARNAdapter),
-            (CARN, CARNAdapter), (SwinIR, SwinIRAdapter))
+            (CARN, CARNAdapter), (SwinIR, SwinIRAdapter), (IMDN, IMDNAdapter))
 
 
 def get_adapter(net):
