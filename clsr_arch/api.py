@@ -618,6 +618,12 @@ class Image:
         bar = tqdm(total=len(pieces), desc='CLSR decodes', unit='roi', disable=not m.progress or len(pieces) < 8)
         for (w, h), idx in groups.items():
             ph, pw = m.cost.padded_size(h, w, self.hw)
+            need = m.decode_bytes(ph * pw)
+            if not m.fits(need):  # one box too large to decode at once: say so rather than run out of memory
+                raise MemoryBudgetError(
+                    f'box {piece_boxes[idx[0]]}: one CLSR decode of {w}x{h} LR pixels needs ~{format_bytes(need * SAFETY)} '
+                    f'(estimate x{SAFETY}), over the memory budget of {format_bytes(m.max_memory)}: use smaller boxes, '
+                    'or plan=True (a box this large goes to tiled whole-image SR)')
             for chunk in _chunks(idx, m, ph * pw):
                 b = torch.tensor([[0, *piece_boxes[i]] for i in chunk])
                 sr = m.net.decode(self.state, b.to(m.device)).cpu()

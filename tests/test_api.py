@@ -124,6 +124,9 @@ def test_tiled_context_under_a_small_budget_equals_the_untiled_pass(zebra, tmp_p
 
 
 def test_no_tiling_and_too_little_memory_is_a_clear_error(zebra):
+    big_box = LocalSR(device='cpu', max_memory='200M').open(zebra)
+    with pytest.raises(MemoryBudgetError, match=r'box \(0, 0, 586, 391\): one CLSR decode of 586x391 LR pixels needs'):
+        big_box.super_resolve([(0, 0, 586, 391)], plan=False)
     model = LocalSR(device='cpu', max_memory='6M', tile=0)
     image = model.open(zebra)
     with pytest.raises(MemoryBudgetError, match=r'context pass over the 586x391 LR image needs .* over the '
