@@ -96,8 +96,9 @@ def test_methods_and_their_costs(shipped, zebra_part):
 
 def test_tiled_context_under_a_small_budget_equals_the_untiled_pass(zebra, tmp_path):
     """Real image, shipped model: a budget too small for the untiled pass tiles it, and a budget
-    too small for the features sends them to disk; outputs equal (<= 1e-5)."""
-    boxes = [(0, 0, 24, 24), (280, 180, 48, 48), (562, 367, 24, 24)]
+    too small for the features sends them to disk; outputs equal (<= 1e-5). (Boxes small enough
+    that their decode fits these budgets too.)"""
+    boxes = [(0, 0, 8, 8), (280, 180, 12, 8), (578, 383, 8, 8)]
     ref_model = LocalSR(device='cpu')
     with ref_model.open(zebra) as image:
         ref = image.super_resolve(boxes, output='tensor', plan=False)
@@ -107,6 +108,7 @@ def test_tiled_context_under_a_small_budget_equals_the_untiled_pass(zebra, tmp_p
     in_memory = int(f * (ref_model.feature_bytes(hw) + ref_model.context_tile_bytes(hw, 64, 'memory'))) + 1
     on_disk = int(f * ref_model.context_tile_bytes(hw, 64, 'disk')) + 1
     assert on_disk < in_memory < f * ref_model.context_bytes(hw)  # neither fits untiled
+    assert f * ref_model.decode_bytes(16 * 12) < on_disk
     for budget, store in ((in_memory, 'memory'), (on_disk, 'disk')):
         model = LocalSR(device='cpu', max_memory=budget, cache_dir=str(tmp_path))
         image = model.open(zebra)
