@@ -72,9 +72,14 @@ def main(argv=None):
 def serve(app, host, port):
     """uvicorn on a thread, the model's computations on this (main) thread (:mod:`.worker`),
     until the server stops (Ctrl-C stops both)."""
+    import signal
     import threading
 
     import uvicorn
+
+    def stop(signum, frame):  # SIGTERM (kill, systemd): stop like Ctrl-C
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level='warning'))
     server.install_signal_handlers = lambda: None  # Ctrl-C reaches this thread as KeyboardInterrupt
     thread = threading.Thread(target=server.run, name='uvicorn', daemon=True)
