@@ -73,27 +73,26 @@ def main(argv=None):
 
     def client_side():
         with httpx.Client(base_url=url, timeout=120) as client:
-            for label, entries in opened.items():
-                b = args.box
-                first, first_wall = [], []
-                for e in entries:
+            b = args.box
+
+            def request(e, methods, box=None):
+                """(server ms, client ms, box) of one SR request, at a random box unless given."""
+                if box is None:
                     h, w = e.hw
                     box = [int(rng.integers(0, w - b)), int(rng.integers(0, h - b)), b, b]
-                    t0 = time.perf_counter()
-                    r = client.post(f'/api/images/{e.id}/sr', json={'box': box, 'methods': ['clsr']}).json()
-                    first_wall.append((time.perf_counter() - t0) * 1e3)
-                    first.append(r['server_ms'])
+                t0 = time.perf_counter()
+                r = client.post(f'/api/images/{e.id}/sr', json={'box': box, 'methods': methods}).json()
+                return r['server_ms'], (time.perf_counter() - t0) * 1e3, box
+
+            for label, entries in opened.items():
+                first, first_wall, _ = zip(*(request(e, ['clsr']) for e in entries))
                 clsr, clsr_wall, compare = [], [], []
                 for i in range(n_boxes):
                     e = entries[i % len(entries)]
-                    h, w = e.hw
-                    box = [int(rng.integers(0, w - b)), int(rng.integers(0, h - b)), b, b]
-                    t0 = time.perf_counter()
-                    r = client.post(f'/api/images/{e.id}/sr', json={'box': box, 'methods': ['clsr']}).json()
-                    clsr_wall.append((time.perf_counter() - t0) * 1e3)
-                    clsr.append(r['server_ms'])
-                    r = client.post(f'/api/images/{e.id}/sr', json={'box': box, 'methods': ['bicubic', 'pre_crop']}).json()
-                    compare.append(r['server_ms'])
+                    server, wall, box = request(e, ['clsr'])
+                    clsr.append(server)
+                    clsr_wall.append(wall)
+                    compare.append(request(e, ['bicubic', 'pre_crop'], box)[0])
                 sizes = [f'{w}x{h}' for h, w in sorted({e.hw for e in entries}, key=lambda hw: hw[0] * hw[1])]
                 lr = sizes[0] if len(sizes) == 1 else f'{len(entries)} images, {sizes[0]} … {sizes[-1]}'
                 print(label, np.median(first), max(first), np.median(clsr), pct(clsr, 95), flush=True)

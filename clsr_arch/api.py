@@ -42,7 +42,7 @@ from basicsr.utils.matlab_functions import imresize
 
 from .archs import roi as roi_ops
 from .archs.backbone_adapters import run_backbone
-from .archs.clsr_arch import CLSR, backbone_state_dict
+from .archs.clsr_arch import CLSR, backbone_state_dict, checkpoint_params, state_dict_mismatch
 from .archs.tiling import DiskFeatures, pim_halo
 from .data.image_io import DataError, read_bgr8, to_bgr8
 from .planner import composite, plan_boxes
@@ -87,16 +87,6 @@ def load_options(path):
     return opt
 
 
-def _params_of(ckpt, path):
-    if isinstance(ckpt, dict):
-        for key in ('params_ema', 'params'):
-            if isinstance(ckpt.get(key), dict):
-                return ckpt[key]
-        if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-            return ckpt
-    raise LocalSRError(f'weights {path}: no params_ema/params state dict in the checkpoint')
-
-
 def load_network(opt_path=DEFAULT_OPT, weights_path=DEFAULT_WEIGHTS):
     """The CLSR network of ``opt_path``'s ``network_g`` with ``weights_path`` loaded strictly
     (eval mode, CPU); a mismatch names the missing/unexpected keys and shapes."""
@@ -111,12 +101,11 @@ def load_network(opt_path=DEFAULT_OPT, weights_path=DEFAULT_WEIGHTS):
         ckpt = safe_load(weights_path)
     except (CheckpointError, ValueError) as err:
         raise LocalSRError(f'weights: {err}') from None
-    sd = {k[len('module.'):] if k.startswith('module.') else k: v
-          for k, v in _params_of(ckpt, weights_path).items()}
-    own = net.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = sorted(f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in set(sd) & set(own)
-                    if sd[k].shape != own[k].shape)
+    sd = checkpoint_params(ckpt)
+    if sd is None:
+        raise LocalSRError(f'weights {weights_path}: no params_ema/params state dict in the checkpoint')
+    missing, unexpected, shapes = state_dict_mismatch(net.state_dict(), sd)
+    shapes = [f'{k} {a} vs {b}' for k, a, b in shapes]
     if missing or unexpected or shapes:
         def few(keys):
             return '[' + ', '.join(keys[:4]) + (f', ... {len(keys) - 4} more' if len(keys) > 4 else '') + ']'
@@ -360,6 +349,12 @@ class LocalSR:
     def fits(self, nbytes):
         return nbytes * SAFETY <= self.max_memory
 
+    def decode_capacity(self):
+        """LR pixels (padded, all ROIs together) one decode call may hold within the budget:
+        the bound on a batch, on a merged piece and on a single box."""
+        a = max(self.decode_bytes(1) - self.decode_bytes(0), 1)
+        return int((self.max_memory / SAFETY - self.decode_bytes(0)) // a)
+
     def context_tile_bytes(self, hw, tile, store):
         """Estimated peak bytes of the tiled context pass: one tile grown by the PIM's halo (and
         for the disk store the band of tile rows waiting to be written)."""
@@ -595,10 +590,8 @@ class Image:
                 whole = whole_image_flops(m.cost, self.hw, [(0, 0, self.hw[1], self.hw[0])], tile, m.tile_overlap)
             except MemoryBudgetError:
                 whole = None
-            max_px = max(1, int((m.max_memory / SAFETY - m.decode_bytes(0)) / max(m.decode_bytes(1) -
-                                                                                  m.decode_bytes(0), 1)))
             p = plan_boxes(m.cost, boxes, self.hw, context_done=self.encoded, whole_flops=whole,
-                           max_pixels=max_px)
+                           max_pixels=max(1, m.decode_capacity()))
             info['plan'] = p.summary()
             info['gflops'] = p.flops / 1e9
             if p.mode == 'whole':
@@ -618,8 +611,8 @@ class Image:
         bar = tqdm(total=len(pieces), desc='CLSR decodes', unit='roi', disable=not m.progress or len(pieces) < 8)
         for (w, h), idx in groups.items():
             ph, pw = m.cost.padded_size(h, w, self.hw)
-            need = m.decode_bytes(ph * pw)
-            if not m.fits(need):  # one box too large to decode at once: say so rather than run out of memory
+            if ph * pw > m.decode_capacity():  # one box too large to decode at once: say so, not run out of memory
+                need = m.decode_bytes(ph * pw)
                 raise MemoryBudgetError(
                     f'box {piece_boxes[idx[0]]}: one CLSR decode of {w}x{h} LR pixels needs ~{format_bytes(need * SAFETY)} '
                     f'(estimate x{SAFETY}), over the memory budget of {format_bytes(m.max_memory)}: use smaller boxes, '
@@ -646,8 +639,7 @@ def _by_size(boxes):
 
 def _chunks(idx, model, pixels_each):
     """Batches of ``idx`` whose decode fits the memory budget (at most MAX_BATCH)."""
-    per = max(1, model.decode_bytes(pixels_each) - model.decode_bytes(0))
-    n = int(max(1, min(MAX_BATCH, (model.max_memory / SAFETY - model.decode_bytes(0)) // per)))
+    n = max(1, min(MAX_BATCH, model.decode_capacity() // max(pixels_each, 1)))
     return [idx[i:i + n] for i in range(0, len(idx), n)]
 
 

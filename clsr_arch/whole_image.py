@@ -28,13 +28,17 @@ def tile_layout(hw, tile, overlap):
 
 
 def touched_tiles(hw, tile, overlap, boxes):
-    """The tiles of :func:`tile_layout` whose core meets one of ``boxes`` (``(x, y, w, h)``)."""
-    out = []
-    for core, grown in tile_layout(hw, tile, overlap):
-        y0, y1, x0, x1 = core
-        if any(x < x1 and x0 < x + bw and y < y1 and y0 < y + bh for x, y, bw, bh in boxes):
-            out.append((core, grown))
-    return out
+    """The tiles of :func:`tile_layout` whose core meets one of ``boxes`` (``(x, y, w, h)``), in
+    layout order. Cores sit on a grid of ``tile``, so each box names its tiles by index (a box
+    costs the tiles it spans, not a scan of every tile: 10^5 tiles x 10^4 boxes stays fast)."""
+    h, w = hw
+    cols = -(-w // tile)
+    hit = set()
+    for x, y, bw, bh in boxes:
+        for r in range(y // tile, (y + bh - 1) // tile + 1):
+            hit.update(r * cols + c for c in range(x // tile, (x + bw - 1) // tile + 1))
+    layout = tile_layout(hw, tile, overlap)
+    return [layout[i] for i in sorted(hit)]
 
 
 def whole_image_flops(cost_model, hw, boxes, tile=None, overlap=16):

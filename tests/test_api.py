@@ -212,3 +212,19 @@ def test_options_errors():
         tiny_model(tile=-3)
     with pytest.raises(LocalSRError, match='threads must be >= 1'):
         tiny_model(threads=0)
+
+
+def test_touched_tiles_are_the_tiles_whose_core_meets_a_box():
+    """whole_image.touched_tiles indexes tiles from the boxes; it must equal the plain scan."""
+    import random
+    from clsr_arch.whole_image import tile_layout
+    rng = random.Random(0)
+    for _ in range(200):
+        H, W, t = rng.randint(1, 300), rng.randint(1, 300), rng.randint(1, 80)
+        boxes = []
+        for _ in range(rng.randint(1, 6)):
+            w, h = rng.randint(1, W), rng.randint(1, H)
+            boxes.append((rng.randint(0, W - w), rng.randint(0, H - h), w, h))
+        scan = [(c, g) for c, g in tile_layout((H, W), t, 5)
+                if any(x < c[3] and c[2] < x + bw and y < c[1] and c[0] < y + bh for x, y, bw, bh in boxes)]
+        assert touched_tiles((H, W), t, 5, boxes) == scan

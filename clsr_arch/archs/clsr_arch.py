@@ -56,6 +56,34 @@ def _options(name, given, defaults, allowed):
     return {**defaults, **given}
 
 
+def checkpoint_params(ckpt):
+    """The state dict inside a loaded checkpoint -- BasicSR's ``params_ema`` (preferred) or
+    ``params``, or the checkpoint itself when it is a plain state dict -- with a ``module.``
+    prefix (``nn.DataParallel``) stripped; None when there is none."""
+    sd = None
+    if isinstance(ckpt, dict):
+        for key in ('params_ema', 'params'):
+            if isinstance(ckpt.get(key), dict):
+                sd = ckpt[key]
+                break
+        else:
+            if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+                sd = ckpt
+    if sd is None:
+        return None
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+
+
+def state_dict_mismatch(own, sd):
+    """``(missing, unexpected, shapes)`` of state dict ``sd`` against a module's ``own``: sorted
+    key lists and ``(key, shape in sd, shape in own)`` for keys whose shapes differ."""
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted((k, tuple(sd[k].shape), tuple(own[k].shape)) for k in set(sd) & set(own)
+                    if sd[k].shape != own[k].shape)
+    return missing, unexpected, shapes
+
+
 def backbone_state_dict(path, base):
     """The plain-backbone state dict stored at ``path``, keyed for ``base``.
 
@@ -64,24 +92,15 @@ def backbone_state_dict(path, base):
     single-scale backbone. Raises ``ValueError`` naming the file and the differing keys.
     """
     ckpt = safe_load(path)
-    if isinstance(ckpt, dict) and 'params_ema' in ckpt:
-        sd = ckpt['params_ema']
-    elif isinstance(ckpt, dict) and 'params' in ckpt:
-        sd = ckpt['params']
-    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        sd = ckpt
-    else:
+    sd = checkpoint_params(ckpt)
+    if sd is None:
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f'pretrain_backbone {path!r}: no params_ema/params state dict (found {keys})')
-    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
     if isinstance(base, (CARN, CARN_M)) and not base.multi_scale and any(
             k.startswith('upsample.up4.') for k in sd):
         sd = official_carn_m_to_single_scale(sd, base.upscale)
-    own = base.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f'{k}: checkpoint {tuple(sd[k].shape)} vs backbone {tuple(own[k].shape)}'
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    missing, unexpected, shapes = state_dict_mismatch(base.state_dict(), sd)
+    shapes = [f'{k}: checkpoint {a} vs backbone {b}' for k, a, b in shapes]
     if missing or unexpected or shapes:
         raise ValueError(f'pretrain_backbone {path!r} does not match backbone {type(base).__name__}: '
                          f'missing keys {missing[:10]}{" ..." if len(missing) > 10 else ""}, '

@@ -172,7 +172,8 @@ class CostModel:
     Counting one call with :func:`count_flops` takes ~0.2 s, too slow to price thousands of
     candidate merges. Every pass here is a sum of convolutions and matmuls whose FLOPs are
     affine in a few size terms, so each is fitted once from exact counts and then evaluated in
-    closed form (``exact`` checks the fit; tests compare it with counted FLOPs at random sizes):
+    closed form (``fit_error`` is the fit's largest relative error on its own probes; tests compare
+    it with counted FLOPs at random sizes):
 
     * ``decode(h, w, context_hw)``: one ROI through :meth:`CLSR.decode` = ``a*A + b*Q + d*Q*L + c``
       with ``A`` the padded ROI's pixels (after ``roi_pad``, the size multiple and the clip to
@@ -200,7 +201,7 @@ class CostModel:
             state = self.net.encode_context(torch.zeros(1, 3, big, big, device='meta'))
         full = state.get('gcm')
         rows, dec, base, sizes_l = [], [], [], []
-        for i, (ph, pw) in enumerate(sizes):
+        for ph, pw in sizes:
             # an interior ROI whose padded box is exactly ph x pw
             left, top, right, bottom = self._pads(ph, pw)
             h, w = ph - top - bottom, pw - left - right

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from basicsr.metrics import calculate_psnr
 
-from ..api import METHODS, LocalSRError, bicubic_flops, normalise_boxes, to_uint8
+from ..api import METHODS, LocalSRError, normalise_boxes, to_uint8
 from ..data.image_io import DataError, decode_bgr8
 from .worker import ComputeWorker
 
@@ -178,13 +178,8 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, post_crop_pixe
                                                             output='tensor')[0]
             return entry.post_crop[:, s * y:s * (y + h), s * x:s * (x + w)], model.cost.base(*entry.hw) / 1e9
         out = entry.image.super_resolve([box], method=method, output='tensor', plan=False)[0]
-        if method == 'clsr':
-            gflops = model.cost.decode(h, w, entry.hw) / 1e9
-        elif method == 'pre_crop':
-            gflops = model.cost.base(*model.cost.padded_size(h, w, entry.hw)) / 1e9
-        else:
-            gflops = bicubic_flops(h, w, s) / 1e9
-        return out, gflops
+        # the API prices what it ran (CLSR: the decode alone, the context pass being cached)
+        return out, entry.image.last_run['gflops']
 
     @app.post('/api/images/{image_id}/sr')
     def sr(image_id: str, req: SRRequest):

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..api import LocalSRError, load_image
+from ..api import Image, LocalSRError, load_image
 from ..data.prep import bicubic_lr, mod_crop
 
 
@@ -67,7 +67,7 @@ class ImageStore:
                                f'{self.max_pixels / 1e6:.0f} megapixels')
         with self._lock:
             image_id = f'img{next(self._ids)}'
-            entry = ViewerImage(image_id, name or image_id, self.model.open(rgb, name), hr)
+            entry = ViewerImage(image_id, name or image_id, Image(self.model, rgb, name), hr)  # rgb already converted
             self.images[image_id] = entry
         return entry
 
