@@ -44,7 +44,9 @@ from .archs import roi as roi_ops
 from .archs.backbone_adapters import run_backbone
 from .archs.clsr_arch import CLSR, backbone_state_dict, checkpoint_params, state_dict_mismatch
 from .archs.tiling import DiskFeatures, pim_halo
+from .archs.local_context import LazyContext
 from .data.image_io import DataError, read_bgr8, to_bgr8
+from .data.lazy_image import is_lazy_path, open_lazy
 from .planner import composite, plan_boxes
 from .utils.checkpoint import CheckpointError, safe_load
 from .utils.flops import CostModel
@@ -227,10 +229,13 @@ class LocalSR:
             default ``'auto'``: the official CARN-M when the base is CARN-M).
         cache_dir: where context features go when they do not fit in memory (default: temp).
         progress: tqdm bars for tiled passes and many-box decodes.
+        pim_tile, pim_cache: images read region by region (:class:`TiledImage`): the PIM tile
+            size in LR pixels and the bytes of PIM tiles kept per image (LRU).
     """
 
     def __init__(self, weights=None, opt=None, net=None, device='auto', threads=None, max_memory=None,
-                 tile='auto', tile_overlap=16, base_weights='auto', cache_dir=None, progress=False):
+                 tile='auto', tile_overlap=16, base_weights='auto', cache_dir=None, progress=False,
+                 pim_tile=128, pim_cache='256M'):
         if threads is not None:
             if int(threads) < 1:
                 raise LocalSRError(f'threads must be >= 1, got {threads}')
@@ -263,6 +268,13 @@ class LocalSR:
             raise LocalSRError(f'max_memory: {err}') from None
         self.cache_dir = cache_dir
         self.progress = progress
+        if not isinstance(pim_tile, (int, np.integer)) or pim_tile < 8:
+            raise LocalSRError(f'pim_tile must be an integer >= 8 (LR pixels), got {pim_tile!r}')
+        self.pim_tile = int(pim_tile)
+        try:
+            self.pim_cache = parse_bytes(pim_cache)
+        except ValueError as err:
+            raise LocalSRError(f'pim_cache: {err}') from None
         self._meta = None
         self._cost = None
         self._estimates = {}
@@ -288,7 +300,23 @@ class LocalSR:
 
     # --- images
     def open(self, image, name=None):
-        """An :class:`Image` for ``image`` (path or array); the context pass runs on first need."""
+        """An :class:`Image` for ``image`` (path or array); the context pass runs on first need.
+
+        A tiled TIFF or a ``.npy`` opens as a :class:`TiledImage`, read region by region; a TIFF
+        that is not tiled is read whole when it fits the memory budget, and refused when not."""
+        if is_lazy_path(image):
+            try:
+                lazy = open_lazy(image, max_bytes=int(self.max_memory / SAFETY))
+            except DataError as err:
+                raise LocalSRError(f'image {err}') from None
+            if lazy.tiled:
+                return TiledImage(self, lazy, name or os.fspath(image))
+            with lazy:  # striped TIFF under the budget: an ordinary image
+                try:
+                    rgb = lazy.read_all()
+                except DataError as err:
+                    raise LocalSRError(f'image {err}') from None
+            return Image(self, rgb, name or os.fspath(image))
         return Image(self, *load_image(image, name))
 
     def encode(self, image, name=None):
@@ -483,6 +511,34 @@ class Image:
         self._check_open()
         return propose(self, n, size, estimator)
 
+    # --- how this image's pixels are read (TiledImage reads them region by region)
+    def _source(self):
+        """The context as whole-image SR and the context pass take it."""
+        return self.tensor
+
+    def _crop(self, boxes):
+        """uint8 ``[R, 3, h, w]`` crops of ``LongTensor[R, 5]`` boxes (``roi.crop`` semantics)."""
+        return roi_ops.crop(self.tensor, boxes)
+
+    def _pixels(self, x, y, w, h):
+        """RGB uint8 ``[h, w, 3]`` of a box inside the image."""
+        return self.rgb[y:y + h, x:x + w]
+
+    def _context_paid(self):
+        """Whether a CLSR plan can count the context pass as done (no FLOPs left to pay)."""
+        return self.encoded
+
+    def _whole_option(self):
+        """``(tile, flops)`` of whole-image SR for the planner (flops None: not an option).
+        Whole-image SR is priced as a whole image (every tile): it is chosen only when the boxes
+        want about as much as the image; running just the touched tiles then saves more."""
+        m = self.model
+        try:
+            tile = m.whole_tile(self.hw)
+            return tile, whole_image_flops(m.cost, self.hw, [(0, 0, self.hw[1], self.hw[0])], tile, m.tile_overlap)
+        except MemoryBudgetError:
+            return None, None
+
     # --- local SR
     def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None):
         """SR of ``boxes`` (``[(x, y, w, h), ...]`` LR pixels, any sizes, may overlap).
@@ -541,7 +597,7 @@ class Image:
         def progress(done, total):
             bar.total = total
             bar.update(done - bar.n)
-        outs = whole_image_sr(run, self.tensor, m.scale, boxes, m.multiple, tile, m.tile_overlap,
+        outs = whole_image_sr(run, self._source(), m.scale, boxes, m.multiple, tile, m.tile_overlap,
                               progress if bar is not None else None)
         if bar is not None:
             bar.close()
@@ -555,7 +611,7 @@ class Image:
         info['gflops'] = sum(bicubic_flops(h, w, s) for _, _, w, h in boxes) / 1e9
         outs = []
         for x, y, w, h in boxes:
-            up = imresize(self.rgb[y:y + h, x:x + w].astype(np.float32) / 255., s)  # of the box alone
+            up = imresize(self._pixels(x, y, w, h).astype(np.float32) / 255., s)  # of the box alone
             outs.append(torch.from_numpy(np.ascontiguousarray(up.transpose(2, 0, 1))))
         return outs
 
@@ -571,7 +627,7 @@ class Image:
                 b = torch.tensor([[0, *boxes[i]] for i in chunk])
                 # the same padded window as CLSR's base branch (real context, shifted inward at borders)
                 pb, offsets = roi_ops.place_inside(roi_ops.pad_boxes(b, pads), b, self.hw, m.multiple)
-                crops = roi_ops.crop(self.tensor, pb).float().div_(255.)
+                crops = self._crop(pb).float().div_(255.)
                 sr = roi_ops.crop_outputs(run_backbone(m.base, crops, m.scale), offsets, h, w, m.scale)
                 gflops += len(chunk) * m.cost.base(int(pb[0, 4]), int(pb[0, 3])) / 1e9
                 for i, o in zip(chunk, sr):
@@ -583,14 +639,8 @@ class Image:
     def _clsr(self, boxes, plan, info):
         m = self.model
         if plan:
-            # whole-image SR is priced as a whole image (every tile): it is chosen only when the
-            # boxes want about as much as the image; running just the touched tiles then saves more
-            try:
-                tile = m.whole_tile(self.hw)
-                whole = whole_image_flops(m.cost, self.hw, [(0, 0, self.hw[1], self.hw[0])], tile, m.tile_overlap)
-            except MemoryBudgetError:
-                whole = None
-            p = plan_boxes(m.cost, boxes, self.hw, context_done=self.encoded, whole_flops=whole,
+            tile, whole = self._whole_option()
+            p = plan_boxes(m.cost, boxes, self.hw, context_done=self._context_paid(), whole_flops=whole,
                            max_pixels=max(1, m.decode_capacity()))
             info['plan'] = p.summary()
             info['gflops'] = p.flops / 1e9
@@ -601,7 +651,7 @@ class Image:
         else:
             from .planner import Piece
             pieces = [Piece(*b, boxes=[i]) for i, b in enumerate(boxes)]
-            info['gflops'] = ((0 if self.encoded else m.cost.context(*self.hw))
+            info['gflops'] = ((0 if self._context_paid() else m.cost.context(*self.hw))
                               + sum(m.cost.decode(h, w, self.hw) for _, _, w, h in boxes)) / 1e9
         info['route'] = 'clsr'
         self.encode()
@@ -628,6 +678,106 @@ class Image:
         if not plan or (len(pieces) == len(boxes) and not _overlapping(boxes)):
             return outputs  # one piece per box, in box order (plan=False: no merging, no compositing)
         return [composite(b, pieces, outputs, m.scale, self.hw) for b in boxes]
+
+
+class TiledImage(Image):
+    """An image read region by region (a tiled, possibly pyramidal TIFF or a ``.npy``:
+    :mod:`clsr_arch.data.lazy_image`), never whole in memory; opened by :meth:`LocalSR.open`.
+
+    CLSR runs on the ROI-local context (issue 17, :mod:`clsr_arch.archs.local_context`): opening
+    reads nothing; the first CLSR box reads and encodes the GCM's N windows; every box then reads
+    its padded region and the PIM tiles its crop meets (``pim_tile`` LR pixels, computed with the
+    PIM's receptive-field halo and kept in an LRU cache of ``pim_cache`` bytes shared by every
+    box). The pixels equal those of the whole-context pass. ``pre_crop`` and ``bicubic`` read their
+    boxes; ``post_crop`` runs the plain backbone over the whole-image SR tiles the boxes touch.
+    """
+
+    def __init__(self, model, lazy, name):
+        self.model, self.lazy, self.name = model, lazy, name
+        self.hw = lazy.hw
+        self.levels = lazy.levels
+        self.rgb = self.tensor = None
+        self.state = None
+        self.context_info = None
+        self.last_run = None
+
+    def _check_open(self):
+        if self.lazy is None:
+            raise LocalSRError(f'{self.name}: this image was released; open it again')
+
+    def encode(self):
+        """Read and encode the GCM's windows now (the PIM's tiles follow the boxes); returns self."""
+        self._check_open()
+        if self.state is not None:
+            return self
+        m = self.model
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                self.state = m.net.encode_local(self.lazy, m.pim_tile, m.pim_cache, m.device)
+        except DataError as err:
+            raise LocalSRError(str(err)) from None
+        self.context_info = {'seconds': time.perf_counter() - t0, 'mode': 'roi-local', 'pim_tile': m.pim_tile,
+                             'pim_cache_bytes': m.pim_cache, 'gflops': m.cost.gcm(self.hw) / 1e9}
+        return self
+
+    def forget_context(self):
+        self.state = None
+
+    def release(self):
+        self.forget_context()
+        if self.lazy is not None:
+            self.lazy.close()
+        self.lazy = None
+
+    def propose(self, n, size=48, estimator='pim'):
+        raise LocalSRError(f'{self.name}: proposals score every tile of the image, which a lazily read '
+                           f'{self.hw[1]}x{self.hw[0]} image is opened to avoid; propose on a level of '
+                           'its pyramid opened as an ordinary image, or on a crop')
+
+    def read(self, y0, y1, x0, x1, level=0):
+        """RGB uint8 pixels of a region of a level (the viewer's pyramid tiles)."""
+        self._check_open()
+        try:
+            return self.lazy.read(y0, y1, x0, x1, level)
+        except DataError as err:
+            raise LocalSRError(str(err)) from None
+
+    def _source(self):
+        return LazyContext(self.lazy, self.model.device)
+
+    def _crop(self, boxes):
+        return self._source().crop(boxes)
+
+    def _pixels(self, x, y, w, h):
+        return self.read(y, y + h, x, x + w)
+
+    def _context_paid(self):
+        return True  # the context is paid per box, inside its decode (PIM tiles below)
+
+    def _whole_option(self):
+        return None, None  # never whole-image SR of an image opened not to be read whole
+
+    def _post_crop(self, boxes, info):
+        m = self.model
+        tile = m.whole_tile(self.hw, boxes) or max(WHOLE_TILES[-1], min(WHOLE_TILES[0], max(self.hw)))
+        return self._whole(m.base, boxes, info, tile)
+
+    def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None):
+        try:
+            return super().super_resolve(boxes, method, output, plan, pad)
+        except DataError as err:  # a damaged tile found while reading
+            raise LocalSRError(str(err)) from None
+
+    def _clsr(self, boxes, plan, info):
+        self.encode()
+        pim = self.state.get('pim')
+        before = (pim.computed, pim.pim_pixels) if pim is not None else (0, 0)
+        outs = super()._clsr(boxes, plan, info)
+        if pim is not None:  # the PIM tiles this call computed are its share of the context pass
+            info['pim_tiles'] = pim.computed - before[0]
+            info['gflops'] += self.model.cost.pim(pim.pim_pixels - before[1]) / 1e9
+        return outs
 
 
 def _by_size(boxes):

@@ -50,7 +50,8 @@ def whole_image_flops(cost_model, hw, boxes, tile=None, overlap=16):
 
 def whole_image_sr(run, image, scale, boxes, multiple=1, tile=None, overlap=16, progress=None):
     """HR crops ``[3, s*h, s*w]`` (float) of ``boxes`` from whole-image SR of ``image``
-    (``[1, 3, H, W]``, uint8 or float) by the plain network ``run`` (a module or callable).
+    (``[1, 3, H, W]``, uint8 or float, or a lazily read ``local_context.LazyContext``: only the
+    tiles run are read) by the plain network ``run`` (a module or callable).
 
     ``tile``: None runs the whole image at once; else ``tile x tile`` cores with ``overlap``.
     ``progress``: called as ``progress(done, total)`` after each tile.
@@ -59,13 +60,13 @@ def whole_image_sr(run, image, scale, boxes, multiple=1, tile=None, overlap=16, 
     s = scale
     if not tile:
         with torch.no_grad():
-            full = run_backbone(run, as_float_image(image), s, multiple)
+            full = run_backbone(run, as_float_image(_region(image, 0, h, 0, w)), s, multiple)
         return [full[0, :, s * y:s * (y + bh), s * x:s * (x + bw)] for x, y, bw, bh in boxes]
     outs = [None] * len(boxes)
     tiles = touched_tiles((h, w), tile, overlap, boxes)
     for n, ((y0, y1, x0, x1), (ya, yb, xa, xb)) in enumerate(tiles):
         with torch.no_grad():
-            sr = run_backbone(run, as_float_image(image[:, :, ya:yb, xa:xb]), s, multiple)[0]
+            sr = run_backbone(run, as_float_image(_region(image, ya, yb, xa, xb)), s, multiple)[0]
         for i, (x, y, bw, bh) in enumerate(boxes):
             ix0, ix1, iy0, iy1 = max(x, x0), min(x + bw, x1), max(y, y0), min(y + bh, y1)
             if ix0 >= ix1 or iy0 >= iy1:
@@ -77,3 +78,9 @@ def whole_image_sr(run, image, scale, boxes, multiple=1, tile=None, overlap=16, 
         if progress is not None:
             progress(n + 1, len(tiles))
     return outs
+
+
+def _region(image, y0, y1, x0, x1):
+    if torch.is_tensor(image):
+        return image[:, :, y0:y1, x0:x1]
+    return image.region(y0, y1, x0, x1).unsqueeze(0).to(image.device)

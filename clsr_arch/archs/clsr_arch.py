@@ -36,6 +36,7 @@ from .backbone_adapters import get_adapter
 from .carn_arch import CARN, CARN_M, official_carn_m_to_single_scale
 from .gcm import GlobalContextModule
 from .pim import ProximityIntegrationBranch
+from .local_context import LazyContext, PIMTiles, crop_context
 from .tiling import as_float_image, crop_features, encode_pim_tiled
 
 DEFAULT = 'default'  # "use the backbone's default" (None disables a module)
@@ -184,7 +185,6 @@ class CLSR(nn.Module):
         GCM is on.
         """
         self._check_context(context)
-        b, _, h, w = context.shape
         state = {'context': context}
         if self.pim is not None:
             if tile:
@@ -192,16 +192,36 @@ class CLSR(nn.Module):
             else:
                 state['pim'] = self.pim.encode(as_float_image(context))
         if self.gcm is not None:
-            r = self.gcm_opt['window']
-            corners = roi_ops.window_grid(h, w, r, self.gcm_opt['num_windows'])  # [N, 2]
-            n = corners.shape[0]
-            boxes = torch.cat([torch.arange(b).repeat_interleave(n)[:, None], corners.repeat(b, 1),
-                               torch.full((b * n, 2), r, dtype=torch.long)], dim=1)
-            # SwinIR: extend each window right/bottom with real context to a window multiple
-            boxes = roi_ops.pad_boxes(boxes, roi_ops.padding_for(r, r, 0, self.adapter.multiple))
-            windows = as_float_image(roi_ops.crop(context, boxes))
-            feat = self._run_to_stage(windows, self.gcm_opt['stage'])[:, :, :r, :r]
-            state['gcm'] = self.gcm.encode_keys(feat.reshape(b, n, *feat.shape[1:]), corners)
+            state['gcm'] = self.encode_gcm(context)
+        return state
+
+    def encode_gcm(self, context):
+        """The GCM's keys/values (Sec. 3.2): N ``r x r`` windows cropped from ``context`` (a
+        tensor or a ``LazyContext``: only the windows are read) and encoded by ``G``."""
+        b, _, h, w = context.shape
+        r = self.gcm_opt['window']
+        corners = roi_ops.window_grid(h, w, r, self.gcm_opt['num_windows'])  # [N, 2]
+        n = corners.shape[0]
+        boxes = torch.cat([torch.arange(b).repeat_interleave(n)[:, None], corners.repeat(b, 1),
+                           torch.full((b * n, 2), r, dtype=torch.long)], dim=1)
+        # SwinIR: extend each window right/bottom with real context to a window multiple
+        boxes = roi_ops.pad_boxes(boxes, roi_ops.padding_for(r, r, 0, self.adapter.multiple))
+        windows = as_float_image(crop_context(context, boxes))
+        feat = self._run_to_stage(windows, self.gcm_opt['stage'])[:, :, :r, :r]
+        return self.gcm.encode_keys(feat.reshape(b, n, *feat.shape[1:]), corners)
+
+    def encode_local(self, image, tile=128, cache_bytes=256 * 2**20, device='cpu'):
+        """The ROI-local context pass of a lazily read image (issue 17, :mod:`.local_context`):
+        the GCM's windows are read and encoded now; the PIM's features are computed per
+        ``tile x tile`` tile when a decode needs them, kept in an LRU cache of ``cache_bytes``.
+        ``image``: anything with ``hw`` and ``read(y0, y1, x0, x1) -> uint8 [h, w, 3]``.
+        :meth:`decode` then gives what it gives after :meth:`encode_context` of the whole image."""
+        context = LazyContext(image, device)
+        state = {'context': context}
+        if self.pim is not None:
+            state['pim'] = PIMTiles(self.pim, context, tile, cache_bytes)
+        if self.gcm is not None:
+            state['gcm'] = self.encode_gcm(context)
         return state
 
     def decode(self, state, boxes):
@@ -214,7 +234,7 @@ class CLSR(nn.Module):
         pboxes, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, context.shape[-2:],
                                                   self.adapter.multiple)
 
-        s = self.adapter.head(as_float_image(roi_ops.crop(context, pboxes)))
+        s = self.adapter.head(as_float_image(crop_context(context, pboxes)))
         gcm_stage = self.gcm_opt['stage'] if self.gcm is not None else None
         origins, batch_index = pboxes[:, 1:3], pboxes[:, 0].to(context.device)
         pim_crops = crop_features(state['pim'], pboxes, context.device) if self.pim is not None else None

@@ -155,6 +155,24 @@ def crop(tensor, boxes):
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def slab_crop(read, hw, boxes):
+    """``roi.crop`` for a map read by regions: ``read(y0, y1, x0, x1) -> [C, y1-y0, x1-x0]``
+    tensor, ``hw`` its (H, W), ``boxes`` ``LongTensor[R, 5]`` of one size (may stick out: outside
+    pixels are reflected about the border, as ``roi.crop`` does). Returns ``[R, C, h, w]``."""
+    h, w = box_size(boxes)
+    out = []
+    for _, x, y, _, _ in boxes.tolist():
+        rows = reflect_index(torch.arange(y, y + h), hw[0])
+        cols = reflect_index(torch.arange(x, x + w), hw[1])
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        slab = read(r0, r1, c0, c1)
+        if r1 - r0 == h and c1 - c0 == w:  # inside the map: the slab is the crop
+            out.append(slab)
+        else:
+            out.append(slab[:, (rows - r0)[:, None], (cols - c0)[None, :]])
+    return torch.stack(out)
+
+
 def grid_counts(gh, gw, num_windows):
     """Rows x columns of windows to keep out of a ``gh x gw`` grid: about ``num_windows`` in
     all, in the grid's aspect ratio, never more than the grid has."""

@@ -122,16 +122,11 @@ class DiskFeatures:
 
     def crop(self, boxes):
         """Per-stage crops ``[R, c_i, h, w]`` of ``boxes`` (``LongTensor[R, 5]``, one size)."""
-        h, w = roi_ops.box_size(boxes)
         fmap = self._mapped()
-        out = []
-        for _, x, y, _, _ in boxes.tolist():
-            rows = roi_ops.reflect_index(torch.arange(y, y + h), self.h)
-            cols = roi_ops.reflect_index(torch.arange(x, x + w), self.w)
-            r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-            slab = torch.from_numpy(np.array(fmap[r0:r1, c0:c1]))  # copy: the map stays read-only
-            out.append(slab[(rows - r0)[:, None], (cols - c0)[None, :]].permute(2, 0, 1))
-        crops = torch.stack(out)
+
+        def read(r0, r1, c0, c1):  # copy: the map stays read-only
+            return torch.from_numpy(np.array(fmap[r0:r1, c0:c1])).permute(2, 0, 1)
+        crops = roi_ops.slab_crop(read, (self.h, self.w), boxes)
         return list(torch.split(crops, self.channels, dim=1))
 
     def close(self):
@@ -146,9 +141,10 @@ class DiskFeatures:
 
 
 def crop_features(feats, boxes, device):
-    """Per-stage PIM crops of ``boxes`` from a list of tensors or a :class:`DiskFeatures`
-    (read on the CPU, then moved to ``device``, where the decode runs)."""
-    if isinstance(feats, DiskFeatures):
+    """Per-stage PIM crops of ``boxes`` from a list of tensors, or from a store with a ``crop``
+    method (:class:`DiskFeatures`, ``local_context.PIMTiles``: read on the CPU, then moved to
+    ``device``, where the decode runs)."""
+    if not isinstance(feats, list):
         return [c.to(device) for c in feats.crop(boxes.cpu())]
     return [roi_ops.crop(f, boxes) for f in feats]
 

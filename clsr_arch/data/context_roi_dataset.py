@@ -19,6 +19,8 @@ Options (BasicSR conventions; ``phase`` and ``scale`` are filled in by BasicSR's
 ``phase``            ``train``: random context crops; ``val``/``test``: whole images + ROI grid
 ``context_size``     train: LR context crop, int or [h, w] (paper: 54)
 ``roi_size``         ROI, int or [h, w] (paper: 48 train; 24 or 48 val/test)
+``roi_stride``       val/test: LR pixels between grid ROIs, int or [h, w] (default: roi_size,
+                     a non-overlapping grid; smaller strides give more, overlapping ROIs)
 ``roi_placement``    train: ``center`` (paper) or ``random``
 ``use_hflip``, ``use_rot``   train: BasicSR's ``augment`` (flips / 90-degree rotation)
 ``mean``, ``std``    optional normalisation of every image tensor
@@ -62,14 +64,17 @@ def _hw(value, option):
     return int(value[0]), int(value[1])
 
 
-def validation_grid(lq_h, lq_w, roi_h, roi_w):
-    """Non-overlapping ROI grid of an LR image, cropped bottom/right to a multiple of the ROI.
+def validation_grid(lq_h, lq_w, roi_h, roi_w, stride=None):
+    """ROI grid of an LR image: ROIs every ``stride`` (default: the ROI size, a non-overlapping
+    grid) LR pixels, the image cropped bottom/right to where the last ROI ends.
 
     Returns ``(rois, (crop_h, crop_w))``: rois = LongTensor[R, 4] of ``(x, y, w, h)`` in
     row-major order (left to right, then top to bottom); crop_h/crop_w = kept LR size.
     """
-    crop_h, crop_w = (lq_h // roi_h) * roi_h, (lq_w // roi_w) * roi_w
-    rois = [(x, y, roi_w, roi_h) for y in range(0, crop_h, roi_h) for x in range(0, crop_w, roi_w)]
+    sy, sx = stride if stride is not None else (roi_h, roi_w)
+    ny, nx = (lq_h - roi_h) // sy + 1, (lq_w - roi_w) // sx + 1
+    crop_h, crop_w = (ny - 1) * sy + roi_h, (nx - 1) * sx + roi_w
+    rois = [(x * sx, y * sy, roi_w, roi_h) for y in range(ny) for x in range(nx)]
     return torch.tensor(rois, dtype=torch.long).reshape(-1, 4), (crop_h, crop_w)
 
 
@@ -157,6 +162,7 @@ class ContextROIDataset(data.Dataset):
             if 'roi_size' not in opt:
                 raise DataError(f'option roi_size is missing for phase {self.phase} (paper: 24 or 48)')
             self.roi_size = _hw(opt['roi_size'], 'roi_size')
+            self.roi_stride = _hw(opt.get('roi_stride', list(self.roi_size)), 'roi_stride')
             self.min_lq = self.roi_size
         self._logged = set()
 
@@ -330,7 +336,7 @@ class ContextROIDataset(data.Dataset):
     def _val_item(self, index, p, img_lq, img_gt):
         s = self.scale
         h, w = img_lq.shape[:2]
-        rois, (kh, kw) = validation_grid(h, w, *self.roi_size)
+        rois, (kh, kw) = validation_grid(h, w, *self.roi_size, stride=self.roi_stride)
         if index not in self._logged:
             self._logged.add(index)
             get_root_logger().debug(f'{self._names(p)[0]}: LR {h}x{w} cropped to {kh}x{kw} '

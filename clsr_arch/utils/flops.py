@@ -279,6 +279,15 @@ class CostModel:
         p, g, k = self._ctx
         return float(p * h * w + g * self._windows((h, w)) + k)
 
+    def pim(self, pixels):
+        """FLOPs of the PIM branch over ``pixels`` LR pixels (ROI-local tiles, issue 17)."""
+        return float(self._ctx[0] * pixels)
+
+    def gcm(self, context_hw):
+        """FLOPs of encoding the GCM's windows of a ``context_hw`` context."""
+        _, g, k = self._ctx
+        return float(g * self._windows(tuple(context_hw)) + k)
+
     def per_pixel(self, context_hw):
         """Decode FLOPs per LR pixel of ROI that every decode costs at least (``Q >= A / 4``,
         and the padded area ``A`` covers the ROI): for pruning plans that cannot win."""
