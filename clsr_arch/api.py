@@ -743,6 +743,39 @@ class TiledImage(Image):
         except DataError as err:
             raise LocalSRError(str(err)) from None
 
+    def roi_context_pixels(self, box):
+        """PIM input pixels (tiles grown by the halo) one CLSR box needs on its own."""
+        m = self.model
+        if m.net.pim is None:
+            return 0
+        x, y, w, h = box
+        ph, pw = m.cost.padded_size(h, w, self.hw)
+        x0, y0 = max(0, min(x - (pw - w) // 2, self.hw[1] - pw)), max(0, min(y - (ph - h) // 2, self.hw[0] - ph))
+        t, halo = m.pim_tile, pim_halo(m.net.pim)
+        tiles = (((y0 + ph - 1) // t - y0 // t + 1) * ((x0 + pw - 1) // t - x0 // t + 1))
+        return tiles * min(self.hw[0], t + 2 * halo) * min(self.hw[1], t + 2 * halo)
+
+    def overview(self, boxes, max_side=1200):
+        """``(rgb, scale, origin)`` for a picture of the image with ``boxes`` on it, read without
+        reading the image: the smallest pyramid level whose longest side is at least
+        ``max_side`` (``scale`` = level-0 pixels per pixel), or, when no level is that small,
+        the level-0 region around the boxes (``origin`` = its top-left)."""
+        self._check_open()
+        for k in reversed(range(len(self.levels))):
+            lh, lw = self.levels[k]
+            if max(lh, lw) >= max_side or k == 0:
+                if max(lh, lw) <= 4 * max_side:
+                    return self.read(0, lh, 0, lw, k), self.hw[1] / lw, (0, 0)
+                break
+        H, W = self.hw
+        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+        m = max(64, (x1 - x0) // 2, (y1 - y0) // 2)
+        x0, y0, x1, y1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+        if max(x1 - x0, y1 - y0) > 4 * max_side:  # boxes far apart: one crop would be huge
+            return np.full((max_side, max_side * W // max(H, 1) or 1, 3), 128, np.uint8), max(H, W) / max_side, (0, 0)
+        return self.read(y0, y1, x0, x1), 1.0, (x0, y0)
+
     def _source(self):
         return LazyContext(self.lazy, self.model.device)
 

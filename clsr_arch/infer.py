@@ -97,17 +97,22 @@ def load_inputs(args, scale):
         if min(hr.shape[:2]) < scale:
             raise InferError(f'image {args.image}: {img.shape[1]}x{img.shape[0]} is too small for x{scale}')
         return bicubic_lr(hr, scale), hr
-    hr = None
-    if args.hr:
-        try:
-            hr, _ = api.load_image(args.hr)
-        except LocalSRError as err:
-            raise InferError(f'--hr {str(err)[len("image "):]}') from None
-        want = (scale * img.shape[0], scale * img.shape[1])
-        if hr.shape[:2] != want:
-            raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
-                             f'{img.shape[1]}x{img.shape[0]} LR image (expected {want[1]}x{want[0]})')
-    return img, hr
+    return img, load_hr(args, scale, img.shape[:2])
+
+
+def load_hr(args, scale, lr_hw):
+    """The ``--hr`` image (read whole) checked against the LR size, or None."""
+    if not args.hr:
+        return None
+    try:
+        hr, _ = api.load_image(args.hr)
+    except LocalSRError as err:
+        raise InferError(f'--hr {str(err)[len("image "):]}') from None
+    want = (scale * lr_hw[0], scale * lr_hw[1])
+    if hr.shape[:2] != want:
+        raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
+                         f'{lr_hw[1]}x{lr_hw[0]} LR image (expected {want[1]}x{want[0]})')
+    return hr
 
 
 def parse_methods(text):
@@ -147,6 +152,9 @@ def per_roi_gflops(model, image, method, box, run_info):
     bicubic = its separable filter."""
     x, y, w, h = box
     cost, hw = model.cost, image.hw
+    if method == 'clsr' and isinstance(image, api.TiledImage):
+        # ROI-local context: the GCM's windows, the PIM tiles this ROI's crop meets, its decode
+        return (cost.gcm(hw) + cost.pim(image.roi_context_pixels(box)) + cost.decode(h, w, hw)) / 1e9
     if method == 'clsr':
         return (cost.context(*hw) + cost.decode(h, w, hw)) / 1e9
     if method == 'pre_crop':
@@ -243,14 +251,20 @@ def infer(args, say=None):
                         max_memory=args.max_memory, tile=parse_tile(args.tile), tile_overlap=args.tile_overlap,
                         base_weights=args.base_weights, progress=not args.quiet)
     s = model.scale
-    lr, hr = load_inputs(args, s)
+    if api.is_lazy_path(args.image) and not args.degrade:  # tiled TIFF / .npy: read region by region
+        image = model.open(args.image)
+        lr, hr = None, load_hr(args, s, image.hw)
+    else:
+        lr, hr = load_inputs(args, s)
+        image = model.open(lr, name=args.image)
+    hw = image.hw
     boxes = [parse_box(t) for t in args.roi]
     for box in boxes:
-        check_box(box, lr.shape[:2], '--roi')
+        check_box(box, hw, '--roi')
     if args.grid:
-        boxes += grid_boxes(lr.shape[:2], args.grid)
+        boxes += grid_boxes(hw, args.grid)
     t0 = time.perf_counter()
-    with model.open(lr, name=args.image) as image:
+    with image:
         proposed = []
         if args.propose:
             proposed, scores = image.propose(args.propose, args.propose_size, args.propose_by)
@@ -260,12 +274,14 @@ def infer(args, say=None):
         results = run_methods(image, boxes, methods, explicit, not args.no_plan, say)
         flops = {m: [per_roi_gflops(model, image, m, b, results[m][1]) for b in boxes] for m in results}
         context = image.context_info
+        overview = (lr, 1.0, (0, 0)) if lr is not None else image.overview(boxes)
     total_s = time.perf_counter() - t0
     # everything is written to a hidden folder first and moved into --out at the end
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.clsr-infer-', dir=args.out)
     try:
-        result = write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s, proposed)
+        result = write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s,
+                               proposed)
         for name in os.listdir(tmp):
             os.replace(osp.join(tmp, name), osp.join(args.out, name))
     finally:
@@ -273,7 +289,9 @@ def infer(args, say=None):
     return result
 
 
-def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, total_s, proposed=()):
+def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s, proposed=()):
+    """PNGs of every ROI and method, the comparison figure (``overview``: ``(rgb, scale,
+    origin)`` of the context panel) and the metrics JSON, into ``tmp``."""
     stem = osp.splitext(osp.basename(args.image))[0]
     ran = [m for m in METHODS if m in results]
     rois, tiles = [], []
@@ -313,10 +331,11 @@ def write_outputs(args, tmp, lr, hr, boxes, results, flops, s, model, context, t
     # proposals are ROIs too (their own rows), and are always drawn on the context
     shown = list(range(min(len(boxes), args.max_figure_rois)))
     shown += [i for i, b in enumerate(boxes) if b in proposed and i not in shown]
-    comparison_figure(lr, [boxes[i] for i in shown], [tiles[i] for i in shown], osp.join(tmp, figure),
+    comparison_figure(overview[0], [boxes[i] for i in shown], [tiles[i] for i in shown], osp.join(tmp, figure),
+                      context_scale=overview[1], context_origin=overview[2], full_size=(hw[1], hw[0]),
                       title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
-    result = {'image': args.image, 'lr_size': [lr.shape[1], lr.shape[0]], 'scale': s, 'weights': args.weights,
+    result = {'image': args.image, 'lr_size': [hw[1], hw[0]], 'scale': s, 'weights': args.weights,
               'base_weights': model.base_weights or 'the CLSR base', 'methods': ran,
               'runs': {m: results[m][1] for m in ran}, 'context_pass': context,
               'seconds': total_s, 'peak_rss_bytes': peak_rss_bytes(),

@@ -17,7 +17,8 @@ def box_colour(i):
     return BOX_COLOURS[i % len(BOX_COLOURS)]
 
 
-def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1, max_context_side=1200):
+def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1, max_context_side=1200,
+                      context_scale=1.0, context_origin=(0, 0), full_size=None):
     """Write the figure to ``path`` (PNG).
 
     Args:
@@ -27,13 +28,19 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1, m
             several lines (method, time, GFLOPs, PSNR).
         title: optional figure title.
         max_context_side: a context with a longer side is drawn subsampled to about this.
+        context_scale, context_origin, full_size: ``lr_rgb`` is a view of a larger image (a
+            pyramid level, or a region): LR pixel ``(x, y)`` of the image is pixel
+            ``((x - ox) / scale, (y - oy) / scale)`` of the view; ``full_size`` (W, H) of the image.
     """
     if len(tiles) != len(boxes):
         raise ValueError(f'comparison_figure: {len(boxes)} boxes but {len(tiles)} rows of tiles')
     n_rows = len(boxes)
     n_cols = max(len(row) for row in tiles)
     h, w = lr_rgb.shape[:2]
-    full_w, full_h = w, h
+    full_w, full_h = full_size or (w, h)
+    if context_scale != 1.0 or tuple(context_origin) != (0, 0):
+        (ox, oy), f = context_origin, context_scale
+        boxes = [((x - ox) / f, (y - oy) / f, max(bw / f, 1.), max(bh / f, 1.)) for x, y, bw, bh in boxes]
     step = -(-max(h, w) // max_context_side)  # a large context is shown subsampled (boxes too)
     if step > 1:
         lr_rgb = lr_rgb[::step, ::step]
@@ -57,7 +64,11 @@ def comparison_figure(lr_rgb, boxes, tiles, path, title=None, tile_inches=2.1, m
         ax.add_patch(patches.Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=c, linewidth=1.8))
         ax.text(x + 0.5, y + 0.5, str(i), color='white', fontsize=9, fontweight='bold', va='top',
                 bbox=dict(facecolor=c, edgecolor='none', pad=1.0))
-    shown = f', shown 1:{step}' if step > 1 else ''
+    f = step * context_scale
+    shown = f', shown 1:{f:.3g}' if f > 1 else ''
+    view_w = lr_rgb.shape[1] * step * context_scale
+    if tuple(context_origin) != (0, 0) or view_w < 0.99 * full_w:
+        shown += ', the region around them'
     ax.set_title(f'LR context {full_w}x{full_h} ({len(boxes)} ROIs{shown})', fontsize=9)
     ax.axis('off')
 
