@@ -27,6 +27,11 @@ setup(
         'fastapi',
         'uvicorn',
         'python-multipart',
+        # lazily read images (issue 17): tiled/pyramidal TIFF tiles through zarr; imagecodecs
+        # decodes the compressions tifffile does not (zstd, JPEG, ...)
+        'tifffile>=2024.8.10',
+        'zarr>=3',
+        'imagecodecs',
     ],
     # httpx: FastAPI's TestClient; playwright: the real-browser test (drives the system Chromium)
     extras_require={'dev': ['pytest', 'pytest-timeout', 'httpx', 'playwright']},

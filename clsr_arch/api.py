@@ -309,7 +309,7 @@ class LocalSR:
                 lazy = open_lazy(image, max_bytes=int(self.max_memory / SAFETY))
             except DataError as err:
                 raise LocalSRError(f'image {err}') from None
-            if lazy.tiled:
+            if lazy.random_access:
                 return TiledImage(self, lazy, name or os.fspath(image))
             with lazy:  # striped TIFF under the budget: an ordinary image
                 try:

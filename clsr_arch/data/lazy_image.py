@@ -24,6 +24,7 @@ truncated files (also found on the first read of a damaged tile), unsupported pi
 layouts, reads outside the image.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -46,18 +47,21 @@ class LazyImage:
     """An LR image read region by region.
 
     ``hw``: (H, W) of level 0 (full resolution); ``levels``: (H, W) of every level, level 0 first
-    (one level unless the file is pyramidal); ``read(y0, y1, x0, x1, level=0)`` -> RGB uint8.
+    (one level unless the file is pyramidal); ``read(y0, y1, x0, x1, level=0)`` -> RGB uint8;
+    ``random_access``: False for a striped TIFF (a region read decodes whole rows).
     """
 
-    def __init__(self, path, arrays, closer=None, tiled=True):
+    def __init__(self, path, arrays, closer=None, random_access=True):
         self.path = path
         self._arrays = arrays  # per level: an object sliced as [y0:y1, x0:x1] -> ndarray
         self.levels = [tuple(int(v) for v in a.shape[:2]) for a in arrays]
         self.hw = self.levels[0]
         self.channels = 1 if len(arrays[0].shape) == 2 else int(arrays[0].shape[2])
         self.dtype = np.dtype(arrays[0].dtype)
-        self.tiled = tiled
+        # tiled TIFF / memory map: any region is cheap to read; a striped TIFF decodes whole rows
+        self.random_access = random_access
         self._closer = closer
+        self._lock = threading.Lock()  # one file handle: reads from several threads take turns
 
     def __repr__(self):
         return f'LazyImage({self.path!r}, {self.hw[1]}x{self.hw[0]}, levels={len(self.levels)})'
@@ -71,7 +75,12 @@ class LazyImage:
             raise LazyImageError(f'{self.path}: region rows {y0}:{y1}, columns {x0}:{x1} is outside the '
                                  f'{w}x{h} (WxH) image (level {level})')
         try:
-            region = np.asarray(self._arrays[level][y0:y1, x0:x1])
+            with self._lock:
+                if self._arrays is None:
+                    raise LazyImageError(f'{self.path}: the image was closed')
+                region = np.asarray(self._arrays[level][y0:y1, x0:x1])
+        except LazyImageError:
+            raise
         except Exception as err:  # tifffile/zarr/imagecodecs errors on damaged or cut files
             raise LazyImageError(f'{self.path}: cannot read rows {y0}:{y1}, columns {x0}:{x1} '
                                  f'(damaged or truncated file?): {type(err).__name__}: {err}') from None
@@ -88,10 +97,11 @@ class LazyImage:
         return self.read(0, h, 0, w, level)
 
     def close(self):
-        if self._closer is not None:
-            self._closer()
-            self._closer = None
-        self._arrays = None
+        with self._lock:
+            if self._closer is not None:
+                self._closer()
+                self._closer = None
+            self._arrays = None
 
     def __enter__(self):
         return self
@@ -116,7 +126,7 @@ def _open_npy(path):
     except (ValueError, OSError, EOFError) as err:
         raise LazyImageError(f'{path}: cannot open as a .npy array (damaged or truncated file?): {err}') from None
     _check_layout(path, arr.shape, arr.dtype)
-    return LazyImage(path, [arr], closer=None, tiled=False)
+    return LazyImage(path, [arr], closer=None, random_access=True)
 
 
 def _open_tiff(path, max_bytes):
@@ -155,7 +165,7 @@ def _open_tiff(path, max_bytes):
         tf.close()
         raise LazyImageError(f'{path}: cannot read the TIFF layout (damaged or unsupported file?): '
                              f'{type(err).__name__}: {err}') from None
-    return LazyImage(path, arrays, closer=tf.close, tiled=tiled)
+    return LazyImage(path, arrays, closer=tf.close, random_access=tiled)
 
 
 def open_lazy(path, max_bytes=None):

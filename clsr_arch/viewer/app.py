@@ -41,6 +41,7 @@ from basicsr.metrics import calculate_psnr
 
 from ..api import METHODS, LocalSRError, normalise_boxes, to_uint8
 from ..data.image_io import DataError, decode_bgr8
+from .store import TILE
 from .worker import ComputeWorker
 
 STATIC = osp.join(osp.dirname(__file__), 'static')
@@ -166,7 +167,27 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, post_crop_pixe
     @app.get('/api/images/{image_id}/lr.png')
     def lr_png(image_id: str):
         entry = entry_of(image_id)
+        if entry.tiled:
+            raise ViewerError(400, f'{entry.name} is read region by region: ask for its pyramid tiles '
+                                   f'(/api/images/{image_id}/tiles/LEVEL/COL/ROW.png)')
         return Response(png_bytes(entry.image.rgb), media_type='image/png')
+
+    @app.get('/api/images/{image_id}/tiles/{level}/{col}/{row}.png')
+    def pyramid_tile(image_id: str, level: int, col: int, row: int):
+        """A ``TILE x TILE`` tile of a pyramid level (smaller at the right/bottom edge) of an
+        image read region by region: the page pans and zooms over these, reading only them."""
+        entry = entry_of(image_id)
+        if not entry.tiled:
+            raise ViewerError(400, f'{entry.name} is not a tiled image: GET /api/images/{image_id}/lr.png')
+        levels = entry.image.levels
+        if not 0 <= level < len(levels):
+            raise ViewerError(404, f'level {level}: {entry.name} has levels 0..{len(levels) - 1}')
+        lh, lw = levels[level]
+        y0, x0 = row * TILE, col * TILE
+        if not (0 <= y0 < lh and 0 <= x0 < lw):
+            raise ViewerError(404, f'tile {col},{row} is outside level {level} ({lw}x{lh})')
+        rgb = entry.image.read(y0, min(lh, y0 + TILE), x0, min(lw, x0 + TILE), level)  # no torch: any thread
+        return Response(png_bytes(rgb), media_type='image/png')
 
     def run(entry, box, method):
         """(HR float [3, sh, sw], GFLOPs) of one method on one box (under entry.lock + compute)."""
@@ -201,7 +222,9 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, post_crop_pixe
             if 'clsr' in methods:
                 seconds = store.touch_encoded(entry)
                 if seconds:
-                    context = {'ms': seconds * 1e3, 'gflops': model.cost.context(*entry.hw) / 1e9}
+                    gflops = (entry.image.context_info['gflops'] if entry.tiled  # the GCM windows alone
+                              else model.cost.context(*entry.hw) / 1e9)
+                    context = {'ms': seconds * 1e3, 'gflops': gflops, 'roi_local': entry.tiled}
             for m in methods:
                 t0 = time.perf_counter()
                 out, gflops = run(entry, box, m)

@@ -12,8 +12,11 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..api import Image, LocalSRError, load_image
+from ..api import Image, LocalSRError, TiledImage, load_image
+from ..data.lazy_image import is_lazy_path
 from ..data.prep import bicubic_lr, mod_crop
+
+TILE = 256  # LR pixels of a pyramid tile the page asks for (images read region by region)
 
 
 class ViewerImage:
@@ -28,10 +31,26 @@ class ViewerImage:
     def hw(self):
         return self.image.hw
 
+    @property
+    def tiled(self):
+        return isinstance(self.image, TiledImage)
+
+    def cached_bytes(self, model):
+        """What keeping this image's context costs: its PIM features and pixels, or for an image
+        read region by region its PIM tile cache (bounded by ``model.pim_cache``)."""
+        if self.tiled:
+            pim = self.image.state.get('pim') if self.image.state else None
+            return pim.cached_bytes if pim is not None else 0
+        return model.feature_bytes(self.hw) + self.image.rgb.nbytes
+
     def summary(self):
         h, w = self.hw
-        return {'id': self.id, 'name': self.name, 'width': w, 'height': h, 'ground_truth': self.hr is not None,
-                'encoded': self.image.encoded}
+        out = {'id': self.id, 'name': self.name, 'width': w, 'height': h, 'ground_truth': self.hr is not None,
+               'encoded': self.image.encoded, 'tiled': self.tiled}
+        if self.tiled:  # the page draws the pyramid's tiles: (width, height) of every level
+            out['levels'] = [[lw, lh] for lh, lw in self.image.levels]
+            out['tile'] = TILE
+        return out
 
 
 class ImageStore:
@@ -54,7 +73,16 @@ class ImageStore:
         """Open ``source`` (path or RGB array) as LR, or with ``degrade`` as HR made LR the
         paper's way (MATLAB bicubic x1/scale, so PSNR against the HR can be shown)."""
         s = self.model.scale
-        rgb, name = load_image(source, name)
+        if is_lazy_path(source):  # a tiled TIFF / .npy: served by pyramid tiles, never read whole
+            if degrade:
+                raise LocalSRError(f'{source}: --degrade needs the HR read whole; a lazily read image is '
+                                   'taken as LR as it is')
+            image = self.model.open(source, name)
+            if isinstance(image, TiledImage):
+                return self._insert(osp.basename(name or source), image, None)
+            rgb, name = image.rgb, name or source  # an untiled TIFF read whole: as any image
+        else:
+            rgb, name = load_image(source, name)
         name = osp.basename(name)  # shown in the page: no server paths
         hr = None
         if degrade:
@@ -65,9 +93,12 @@ class ImageStore:
         if rgb.shape[0] * rgb.shape[1] > self.max_pixels:
             raise LocalSRError(f'{name}: {rgb.shape[1]}x{rgb.shape[0]} LR pixels is over the viewer\'s limit of '
                                f'{self.max_pixels / 1e6:.0f} megapixels')
+        return self._insert(name, Image(self.model, rgb, name), hr)  # rgb already converted
+
+    def _insert(self, name, image, hr):
         with self._lock:
             image_id = f'img{next(self._ids)}'
-            entry = ViewerImage(image_id, name or image_id, Image(self.model, rgb, name), hr)  # rgb already converted
+            entry = ViewerImage(image_id, name or image_id, image, hr)
             self.images[image_id] = entry
         return entry
 
@@ -95,7 +126,7 @@ class ImageStore:
             for other in reversed(list(self.images.values())):  # most recent first
                 if not other.image.encoded:
                     continue
-                size = self.model.feature_bytes(other.hw) + other.image.rgb.nbytes
+                size = other.cached_bytes(self.model)
                 if other is not entry and kept + size > self.cache_bytes:
                     if other.lock.acquire(blocking=False):  # never under a running request
                         other.image.forget_context()

@@ -41,11 +41,17 @@ async function selectImage(id) {
   renderImageList();
   $('compare').hidden = true; $('others').textContent = ''; message('');
   $('imginfo').textContent = `LR ${im.width}×${im.height}` + (im.ground_truth ? ', ground truth known (PSNR shown)' : '');
+  canvas.dataset.image = id;
+  if (im.tiled) {  // read region by region: draw the pyramid's tiles as the view needs them
+    state.img = { tiled: true };
+    state.tiles = new Map();
+    fitView(); draw(); status('Drag a box on the image (wheel: zoom, shift-drag: pan).');
+    return;
+  }
   const img = new Image();
   img.onload = () => { state.img = img; fitView(); draw(); status('Drag a box on the image.'); };
   img.onerror = () => message('could not load the LR image');
   img.src = `/api/images/${id}/lr.png`;
-  canvas.dataset.image = id;
 }
 
 async function loadImages(selectId) {
@@ -91,7 +97,7 @@ function draw() {
   if (!state.img) return;
   ctx.imageSmoothingEnabled = false;
   ctx.setTransform(state.scale, 0, 0, state.scale, state.ox, state.oy);
-  ctx.drawImage(state.img, 0, 0);
+  if (state.img.tiled) drawTiles(); else ctx.drawImage(state.img, 0, 0);
   ctx.setLineDash([6 / state.scale, 4 / state.scale]);
   ctx.lineWidth = 2.5 / state.scale;
   ctx.strokeStyle = '#00e5ff';
@@ -102,6 +108,53 @@ function draw() {
     ctx.lineWidth = 2 / state.scale;
     ctx.strokeStyle = '#ffcc00';
     ctx.strokeRect(b[0], b[1], b[2], b[3]);
+  }
+}
+
+// pyramid tiles (images read region by region): the coarsest level whose pixels are still at
+// most one screen pixel; a tile not yet loaded is requested and drawn from a coarser level
+const MAX_TILES = 600;
+function levelFor(im) {
+  let k = 0;
+  while (k + 1 < im.levels.length && im.width / im.levels[k + 1][0] <= 1 / state.scale) k++;
+  return k;
+}
+
+function tile(im, k, col, row) {
+  const key = `${k}/${col}/${row}`;
+  let t = state.tiles.get(key);
+  if (!t) {
+    t = new Image();
+    t.onload = () => { if (state.current === im) draw(); };
+    t.src = `/api/images/${im.id}/tiles/${key}.png`;
+    state.tiles.set(key, t);
+    if (state.tiles.size > MAX_TILES) state.tiles.delete(state.tiles.keys().next().value);  // oldest first
+  }
+  return t;
+}
+
+function drawTiles() {
+  const im = state.current, T = im.tile;
+  const k = levelFor(im);
+  // visible LR rectangle -> tiles of level k (a level-k pixel = f level-0 pixels)
+  const x0 = -state.ox / state.scale, y0 = -state.oy / state.scale;
+  const x1 = x0 + canvas.width / state.scale, y1 = y0 + canvas.height / state.scale;
+  const draws = [];
+  for (let j = k; j < im.levels.length; j++) {  // coarser levels first, as fallbacks underneath
+    const [lw, lh] = im.levels[j], f = im.width / lw;
+    const c0 = Math.max(0, Math.floor(x0 / f / T)), c1 = Math.min(Math.ceil(lw / T) - 1, Math.floor(x1 / f / T));
+    const r0 = Math.max(0, Math.floor(y0 / f / T)), r1 = Math.min(Math.ceil(lh / T) - 1, Math.floor(y1 / f / T));
+    draws.push([j, f, c0, c1, r0, r1]);
+  }
+  canvas.dataset.level = k;
+  for (const [j, f, c0, c1, r0, r1] of draws.reverse()) {
+    for (let r = r0; r <= r1; r++) {
+      for (let c = c0; c <= c1; c++) {
+        const key = `${j}/${c}/${r}`;
+        const t = j === k ? tile(im, j, c, r) : state.tiles.get(key);
+        if (t && t.complete && t.naturalWidth) ctx.drawImage(t, c * T * f, r * T * f, t.naturalWidth * f, t.naturalHeight * f);
+      }
+    }
   }
 }
 
