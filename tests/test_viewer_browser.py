@@ -148,3 +148,74 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
         page.wait_for_function("document.getElementById('message').textContent.includes('notes.png')", timeout=30000)
         assert errors == []
         browser.close()
+
+
+@pytest.fixture(scope='module')
+def tiled_server(tmp_path_factory):
+    """A 3600x2400 tiled pyramidal TIFF (levels 3600, 1800, 900 px wide), served by clsr-view."""
+    import sys
+    import uvicorn
+    sys.path.insert(0, os.path.join(REPO, 'data'))
+    import make_tiled_tiff as mt
+    path = str(tmp_path_factory.mktemp('tiled') / 'mosaic.tif')
+    mt.write_tiff(mt.build_mosaic(shared('DIV2K', 'HR'), (3, 2), (1200, 1200), repeat=True), path,
+                  min_size=512, progress=False)
+    model = LocalSR(device='cpu')
+    store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=1)  # the pixel limit is for images read whole
+    entry = store.add(path)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(store), host='127.0.0.1', port=port, log_level='warning'))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f'http://127.0.0.1:{port}', model, entry, path
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_tiled_image_pans_and_zooms_over_its_pyramid(tiled_server):
+    from playwright.sync_api import sync_playwright
+    executable = chromium_path()
+    url, model, entry, path = tiled_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=['--no-sandbox'])
+        page = browser.new_page(viewport={'width': 1400, 'height': 860})
+        errors, tiles = [], []
+        page.on('pageerror', lambda e: errors.append(str(e)))
+        page.on('request', lambda r: tiles.append(r.url.split('/tiles/')[1]) if '/tiles/' in r.url else None)
+        page.goto(url)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Drag')", timeout=30000)
+        page.wait_for_timeout(500)
+        # fitted: the coarsest level whose pixel is at most one screen pixel; only its tiles
+        scale = page.evaluate('state.scale')
+        assert scale < 0.5
+        want = max(k for k, f in enumerate((1, 2, 4)) if f <= 1 / scale)
+        assert page.evaluate('canvas.dataset.level') == str(want)
+        assert tiles and all(t.startswith(f'{want}/') for t in tiles)
+        rect = page.locator('#canvas').bounding_box()
+        page.mouse.move(rect['x'] + rect['width'] * 0.5, rect['y'] + rect['height'] * 0.5)
+        for _ in range(3):
+            page.mouse.wheel(0, -400)
+        assert page.evaluate('state.scale') > 1
+        page.wait_for_timeout(500)
+        assert page.evaluate('canvas.dataset.level') == '0'
+        level0 = {t for t in tiles if t.startswith('0/')}
+        assert 0 < len(level0) <= 30  # only the tiles in view (level 0 has 15 x 10 = 150)
+        view = page.evaluate('({scale: state.scale, ox: state.ox, oy: state.oy})')
+        cx = int((rect['width'] / 2 - view['ox']) / view['scale'])
+        cy = int((rect['height'] / 2 - view['oy']) / view['scale'])
+        drag_box(page, (cx - 20, cy - 12, 40, 24))
+        box = tuple(page.evaluate('state.box'))  # at a fractional zoom the drag may round a pixel wider
+        assert abs(box[0] - (cx - 20)) <= 1 and abs(box[2] - 40) <= 1 and abs(box[3] - 24) <= 1
+        w, h, got = shown_sr(page, box)
+        assert (w, h) == (4 * box[2], 4 * box[3])
+        with model.open(path) as image:
+            np.testing.assert_array_equal(got, image.super_resolve([box], plan=False)[0])
+        page.wait_for_selector('body[data-busy="0"]', timeout=30000)
+        assert errors == []
+        browser.close()
