@@ -31,7 +31,7 @@ def test_spans_cover_once():
         spans(3, 0)
 
 
-@pytest.mark.parametrize('name', ['MSRResNet', 'SwinIR'])
+@pytest.mark.parametrize('name', list(TINY))
 def test_pim_halo_is_the_receptive_field_measured_by_gradients(name):
     """Which input pixels have a non-zero gradient for one output pixel of the last PIM stage:
     exactly those within pim_halo (Chebyshev distance)."""

@@ -28,6 +28,7 @@ import threading
 
 import numpy as np
 
+from ..utils.memory import format_bytes
 from .image_io import DataError, to_bgr8
 
 __all__ = ['LAZY_EXTENSIONS', 'LazyImageError', 'LazyImage', 'is_lazy_path', 'open_lazy']
@@ -150,7 +151,7 @@ def _open_tiff(path, max_bytes):
         if not tiled and max_bytes is not None and nbytes > max_bytes:
             raise LazyImageError(
                 f'{path}: a TIFF that is not tiled (stored in strips), {shape[1]}x{shape[0]} pixels = '
-                f'{nbytes / 2**30:.2f} GiB decoded, over the memory budget of {max_bytes / 2**30:.2f} GiB; '
+                f'{format_bytes(nbytes)} decoded, over the memory budget of {format_bytes(max_bytes)}; '
                 'clsr reads untiled TIFFs whole only under the budget: convert it with '
                 'data/make_tiled_tiff.py (tiled, pyramidal) or raise max_memory')
         arrays = []
