@@ -54,8 +54,14 @@ from .utils.memory import available_bytes, format_bytes, linear_peak, parse_byte
 from .whole_image import tile_layout, touched_tiles, whole_image_flops, whole_image_sr
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
-DEFAULT_WEIGHTS = osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth')
-DEFAULT_OPT = osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')
+# the shipped models by name: (weights, the YAML whose network_g builds them); docs/results.md
+SHIPPED = {
+    'clsr-imdn': (osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'), osp.join(REPO, 'options', 'train', 'CLSR_IMDN_x4_ship.yml')),
+    'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
+                    osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')),
+}
+DEFAULT_MODEL = 'clsr-carn-m'  # the best measured quality per GFLOP (docs/results.md)
+DEFAULT_WEIGHTS, DEFAULT_OPT = SHIPPED[DEFAULT_MODEL]
 OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
 METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')
 SAFETY = 1.5          # estimated tensor bytes x this <= budget (allocator slack, kernel scratch)
@@ -73,6 +79,21 @@ class MemoryBudgetError(LocalSRError):
 
 
 # ------------------------------------------------------------------------------- networks
+def add_model_args(parser):
+    """``--model`` (a shipped model by name) and ``--weights``/``--opt`` (any checkpoint), for
+    the command-line tools; :func:`model_paths` resolves them."""
+    parser.add_argument('--model', choices=sorted(SHIPPED), default=DEFAULT_MODEL,
+                        help=f'shipped model (default {DEFAULT_MODEL}: the best quality per GFLOP in docs/results.md)')
+    parser.add_argument('--weights', help='a CLSR checkpoint instead of --model')
+    parser.add_argument('--opt', help="YAML whose network_g builds --weights' network (default: --model's)")
+
+
+def model_paths(args):
+    """(weights, opt) of ``add_model_args``'s options."""
+    weights, opt = SHIPPED[args.model]
+    return (args.weights or weights), (args.opt or opt)
+
+
 def load_options(path):
     """A YAML options file with a ``network_g`` of type CLSR."""
     try:
@@ -218,8 +239,9 @@ class LocalSR:
     """A CLSR model ready for local SR of any image (module docstring).
 
     Args:
-        weights, opt: CLSR checkpoint and the YAML whose ``network_g`` builds it (default: the
-            shipped CLSR-CARN-M x4). ``net``: an already built CLSR module instead.
+        weights, opt: CLSR checkpoint and the YAML whose ``network_g`` builds it, or ``weights``
+            a shipped model's name (``SHIPPED``: ``'clsr-imdn'``, ``'clsr-carn-m'``) and no
+            ``opt``; default ``DEFAULT_MODEL``. ``net``: an already built CLSR module instead.
         device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...
         threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None: torch's.
         max_memory: bytes or ``'8G'``-style budget; None: 80 % of what is available now.
@@ -244,6 +266,8 @@ class LocalSR:
         if net is None:
             if weights is None and opt is None:
                 weights, opt = DEFAULT_WEIGHTS, DEFAULT_OPT
+            elif isinstance(weights, str) and weights in SHIPPED and opt is None:
+                weights, opt = SHIPPED[weights]
             elif weights is None or opt is None:
                 raise LocalSRError('give both weights and opt (the YAML whose network_g builds the weights), '
                                    'or neither for the shipped model')

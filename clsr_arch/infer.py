@@ -181,8 +181,7 @@ def build_parser():
                    help='gain estimator of --propose (default pim: from the context pass)')
     p.add_argument('--methods', metavar='M[,M...]',
                    help=f'which of {",".join(METHODS)} to run (default: all that fit the memory budget)')
-    p.add_argument('--weights', default=DEFAULT_WEIGHTS, help='CLSR checkpoint (default: the shipped model)')
-    p.add_argument('--opt', default=DEFAULT_OPT, help="YAML whose network_g builds the weights' network")
+    api.add_model_args(p)
     p.add_argument('--base-weights', default='official',
                    help="plain backbone of pre-/post-crop: 'official' (default; CARN-M: the official weights "
                         "in ../shared/data/weights/carn_m.pth, other backbones: the CLSR's base), 'clsr' (the "
@@ -247,7 +246,8 @@ def infer(args, say=None):
     if args.max_figure_rois < 1:
         raise InferError(f'--max-figure-rois {args.max_figure_rois}: must be >= 1')
     methods, explicit = parse_methods(args.methods)
-    model = api.LocalSR(args.weights, args.opt, device=args.device, threads=args.threads,
+    weights, opt = api.model_paths(args)
+    model = api.LocalSR(weights, opt, device=args.device, threads=args.threads,
                         max_memory=args.max_memory, tile=parse_tile(args.tile), tile_overlap=args.tile_overlap,
                         base_weights=args.base_weights, progress=not args.quiet)
     s = model.scale
@@ -335,7 +335,7 @@ def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, 
                       context_scale=overview[1], context_origin=overview[2], full_size=(hw[1], hw[0]),
                       title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
-    result = {'image': args.image, 'lr_size': [hw[1], hw[0]], 'scale': s, 'weights': args.weights,
+    result = {'image': args.image, 'lr_size': [hw[1], hw[0]], 'scale': s, 'weights': model.weights,
               'base_weights': model.base_weights or 'the CLSR base', 'methods': ran,
               'runs': {m: results[m][1] for m in ran}, 'context_pass': context,
               'seconds': total_s, 'peak_rss_bytes': peak_rss_bytes(),

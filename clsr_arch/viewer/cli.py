@@ -10,7 +10,7 @@ is loaded once, each image's context pass runs once and stays cached (``--cache-
 import argparse
 import sys
 
-from ..api import DEFAULT_OPT, DEFAULT_WEIGHTS, LocalSR, LocalSRError
+from ..api import LocalSR, LocalSRError, add_model_args, model_paths
 from ..utils.memory import parse_bytes
 from .app import create_app
 from .store import ImageStore
@@ -25,8 +25,7 @@ def build_parser():
                    help='the images are HR: show their MATLAB-bicubic LR and PSNR against the HR')
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default 127.0.0.1: this machine only)')
     p.add_argument('--port', type=int, default=8000)
-    p.add_argument('--weights', default=DEFAULT_WEIGHTS, help='CLSR checkpoint (default: the shipped model)')
-    p.add_argument('--opt', default=DEFAULT_OPT, help="YAML whose network_g builds the weights' network")
+    add_model_args(p)
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int)
     p.add_argument('--max-box', type=int, default=256, help='largest box side in LR pixels (default 256)')
@@ -47,7 +46,7 @@ def make_app(args):
         upload, cache = parse_bytes(args.max_upload), parse_bytes(args.cache_memory)
     except ValueError as err:
         raise LocalSRError(str(err)) from None
-    model = LocalSR(args.weights, args.opt, device=args.device, threads=args.threads)
+    model = LocalSR(*model_paths(args), device=args.device, threads=args.threads)
     store = ImageStore(model, cache_bytes=cache, max_pixels=args.max_pixels)
     for path in args.images:
         store.add(path, degrade=args.degrade)
