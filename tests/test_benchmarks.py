@@ -200,3 +200,14 @@ def test_selective_benchmark_runs_and_plots(tmp_path):
     sweep = common.read_section(str(out), 'selective-sweep')
     assert sweep.count('| oracle') == 2 and '| post-crop (whole image) |' in sweep
     assert png.stat().st_size > 10000
+
+
+def test_gigapixel_benchmark_runs_and_writes_its_table(tmp_path):
+    """benchmarks/gigapixel.py --quick: a small mosaic and the 2K image written as tiled TIFFs by
+    the converter, one subprocess each, the table with the gigapixel / 2K ratio row."""
+    import gigapixel
+    out = tmp_path / 'bench.md'
+    gigapixel.main(['--quick', '--rois', '2', '--threads', '1', '--out', str(out)])
+    table = common.read_section(str(out), 'gigapixel')
+    assert '| 2400x1800 (4 MP) |' in table and '| 2040x1344 (3 MP) |' in table
+    assert '| gigapixel / 2K (p50) |' in table

@@ -312,3 +312,12 @@ def test_basicsr_train_dataloader_batches(three):
     for i in range(3):
         x, y, w, h = batch['roi'][i].tolist()
         assert torch.equal(batch['gt'][i], batch['gt_context'][i, :, 4 * y:4 * (y + h), 4 * x:4 * (x + w)])
+
+
+def test_validation_grid_with_a_stride_gives_overlapping_rois():
+    """roi_stride (the issue-13 validation split: 24x24 ROIs every 16 px) -- the default stride is
+    the ROI size, the non-overlapping grid."""
+    rois, (kh, kw) = validation_grid(40, 50, 24, 24, stride=(16, 16))
+    assert rois.tolist() == [[0, 0, 24, 24], [16, 0, 24, 24], [0, 16, 24, 24], [16, 16, 24, 24]]
+    assert (kh, kw) == (40, 40)
+    assert validation_grid(48, 50, 24, 24)[0].tolist() == validation_grid(48, 50, 24, 24, stride=(24, 24))[0].tolist()
