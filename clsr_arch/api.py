@@ -768,16 +768,18 @@ class TiledImage(Image):
             raise LocalSRError(str(err)) from None
 
     def roi_context_pixels(self, box):
-        """PIM input pixels (tiles grown by the halo) one CLSR box needs on its own."""
+        """PIM input pixels (its tiles grown by the halo) that one CLSR box needs on its own."""
         m = self.model
         if m.net.pim is None:
             return 0
+        self.encode()
         x, y, w, h = box
-        ph, pw = m.cost.padded_size(h, w, self.hw)
-        x0, y0 = max(0, min(x - (pw - w) // 2, self.hw[1] - pw)), max(0, min(y - (ph - h) // 2, self.hw[0] - ph))
-        t, halo = m.pim_tile, pim_halo(m.net.pim)
-        tiles = (((y0 + ph - 1) // t - y0 // t + 1) * ((x0 + pw - 1) // t - x0 // t + 1))
-        return tiles * min(self.hw[0], t + 2 * halo) * min(self.hw[1], t + 2 * halo)
+        b = torch.tensor([[0, x, y, w, h]])
+        pb, _ = roi_ops.place_inside(roi_ops.pad_boxes(b, roi_ops.padding_for(h, w, m.net.roi_pad, m.multiple)), b,
+                                     self.hw, m.multiple)
+        pim = self.state['pim']
+        _, px, py, pw, ph = pb[0].tolist()
+        return pim.input_pixels(pim.tiles_for([(px, py, pw, ph)]))
 
     def overview(self, boxes, max_side=1200):
         """``(rgb, scale, origin)`` for a picture of the image with ``boxes`` on it, read without

@@ -84,16 +84,29 @@ class PIMTiles:
     def cached_bytes(self):
         return sum(t.numel() * 4 for t in self.cache.values())
 
+    def _spans(self, ty, tx):
+        """The tile's core ``(y0, y1, x0, x1)`` and the PIM's input: the core grown by the halo,
+        clipped at the image border."""
+        h, w = self.hw
+        t, halo = self.tile, self.halo
+        y0, y1, x0, x1 = ty * t, min(h, ty * t + t), tx * t, min(w, tx * t + t)
+        return (y0, y1, x0, x1), (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
+
+    def input_pixels(self, tiles):
+        """PIM input pixels of computing ``tiles`` (for FLOPs)."""
+        total = 0
+        for ty, tx in tiles:
+            _, (ya, yb, xa, xb) = self._spans(ty, tx)
+            total += (yb - ya) * (xb - xa)
+        return total
+
     def _tile(self, ty, tx):
         key = (ty, tx)
         if key in self.cache:
             self.cache.move_to_end(key)
             self.hits += 1
             return self.cache[key]
-        h, w = self.hw
-        t, halo = self.tile, self.halo
-        y0, y1, x0, x1 = ty * t, min(h, ty * t + t), tx * t, min(w, tx * t + t)
-        ya, yb, xa, xb = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+        (y0, y1, x0, x1), (ya, yb, xa, xb) = self._spans(ty, tx)
         x = self.context.region(ya, yb, xa, xb).unsqueeze(0).to(self.context.device)
         feats = self.pim.encode(as_float_image(x))  # clipped at the border: zero padding as on the whole image
         core = torch.cat([f[0, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] for f in feats], 0)
