@@ -79,16 +79,19 @@ def one_image(args):
             tiles.append(image.last_run.get('pim_tiles', 0))
         # the same ROI cost with nothing cached (every PIM tile it needs computed): the like-for-like
         # comparison, since a 2K image's tiles soon are all in the cache and a gigapixel one's are not
-        cold = []
+        cold, ctx, pim = [], image.state['context'], image.state['pim']
+        read0, pim0 = ctx.read_seconds, pim.pim_seconds
         for _ in range(args.rois // 2):
             box = (int(rng.integers(0, w - s)), int(rng.integers(0, h - s)), s, s)
-            image.state['pim'].clear()
+            pim.clear()
             t1 = time.perf_counter()
             image.super_resolve([box])
             cold.append((time.perf_counter() - t1) * 1e3)
+        n = max(1, args.rois // 2)
+        split = {'read_ms': (ctx.read_seconds - read0) / n * 1e3, 'pim_ms': (pim.pim_seconds - pim0) / n * 1e3}
         per_size[s] = {'p50': float(np.percentile(times, 50)), 'p95': float(np.percentile(times, 95)),
                        'tiles_per_roi': float(np.mean(tiles)), 'gflops': image.last_run['gflops'],
-                       'cold_p50': float(np.percentile(cold, 50))}
+                       'cold_p50': float(np.percentile(cold, 50)), 'cold_mean': float(np.mean(cold)), **split}
     pim = image.state['pim']
     out = {'image': args.one, 'hw': [h, w], 'model': osp.basename(model.weights or ''), 'first': first,
            'sizes': per_size, 'peak_rss': peak_rss_bytes(), 'pim_cache_bytes': pim.cached_bytes,
@@ -148,6 +151,16 @@ def main(argv=None):
         [f"{g['peak_rss'] / k['peak_rss']:.2f}x"]
     header = ['LR image (tiled pyramidal TIFF)', 'writing (make_tiled_tiff)', 'first 48x48 ROI ms']
     header += [f'{s}x{s} ROI p50 / p95 ms (PIM tiles / ROI); cold p50' for s in SIZES] + ['peak RSS']
+    split = ['| where a cold ROI\'s time goes (mean ms) | ' + ' | '.join(f'{s}x{s}' for s in SIZES) + ' |',
+             '|---|' + '---:|' * len(SIZES)]
+    for key, r in (('gigapixel', g), ('2K', k)):
+        for part, label in (('read_ms', 'reading the file (TIFF tiles, decompression)'), ('pim_ms', 'PIM tiles'),
+                            (None, 'the rest (CLSR decode, GCM attention, bookkeeping)')):
+            cells = []
+            for s in SIZES:
+                d = r['sizes'][str(s)]
+                cells.append(f"{d[part]:.0f}" if part else f"{d['cold_mean'] - d['read_ms'] - d['pim_ms']:.0f}")
+            split.append(f'| {key}: {label} | ' + ' | '.join(cells) + ' |')
     body = (f'Produced by `{common.command_line(__file__, args.argv)}` ({common.env_line("cpu", args.threads)}); '
             f"default model ({g['model']}), one subprocess per image (peak RSS = its `ru_maxrss`); "
             f'{args.rois} ROIs per size at seeded random positions, one `super_resolve` call each, after the first '
@@ -155,7 +168,7 @@ def main(argv=None):
             'PIM tiles of 128 LR px with the receptive-field halo, LRU cache 256 MiB. *Cold*: '
             f'{args.rois // 2} more ROIs per size with the PIM cache emptied before each (every tile the ROI '
             'needs is computed: the same work on both images).\n\n'
-            + common.markdown_table(header, rows + [ratio]))
+            + common.markdown_table(header, rows + [ratio]) + '\n\n' + '\n'.join(split))
     print(body)
     common.write_section(args.out, 'gigapixel', body)
 

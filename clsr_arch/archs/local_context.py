@@ -18,6 +18,7 @@ The result equals the whole-context pass up to float summation order (tested on 
 for ROIs at corners, edges and inside). The image itself is anything with ``hw`` and
 ``read(y0, y1, x0, x1) -> uint8 [h, w, 3]`` (:class:`clsr_arch.data.lazy_image.LazyImage`).
 """
+import time
 from collections import OrderedDict
 
 import torch
@@ -39,11 +40,15 @@ class LazyContext:
         self.shape = torch.Size([1, 3, *image.hw])
         self.device = torch.device(device)
         self.pixels_read = 0  # LR pixels read so far (what an ROI costs in I/O)
+        self.read_seconds = 0.  # time spent reading them (file + decompression)
 
     def region(self, y0, y1, x0, x1):
         """uint8 ``[3, y1-y0, x1-x0]`` on the CPU."""
+        t0 = time.perf_counter()
+        pixels = self.image.read(y0, y1, x0, x1)
+        self.read_seconds += time.perf_counter() - t0
         self.pixels_read += (y1 - y0) * (x1 - x0)
-        return torch.from_numpy(self.image.read(y0, y1, x0, x1)).permute(2, 0, 1)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def crop(self, boxes):
         """uint8 ``[R, 3, h, w]`` of ``boxes`` (``roi.crop`` semantics), on ``device``."""
@@ -79,6 +84,7 @@ class PIMTiles:
         self.cache = OrderedDict()  # (ty, tx) -> [sum(c'), th, tw] on the context's device
         self.computed = self.hits = 0
         self.pim_pixels = 0  # input pixels the PIM ran on (tile + halo), for FLOPs
+        self.pim_seconds = 0.  # time in the PIM itself (reading its input not included)
 
     @property
     def cached_bytes(self):
@@ -108,8 +114,10 @@ class PIMTiles:
             return self.cache[key]
         (y0, y1, x0, x1), (ya, yb, xa, xb) = self._spans(ty, tx)
         x = self.context.region(ya, yb, xa, xb).unsqueeze(0).to(self.context.device)
+        t0 = time.perf_counter()
         feats = self.pim.encode(as_float_image(x))  # clipped at the border: zero padding as on the whole image
         core = torch.cat([f[0, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] for f in feats], 0)
+        self.pim_seconds += time.perf_counter() - t0
         self.computed += 1
         self.pim_pixels += (yb - ya) * (xb - xa)
         self.cache[key] = core
