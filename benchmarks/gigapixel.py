@@ -139,7 +139,7 @@ def main(argv=None):
     for key, r in (('giga', g), ('2k', k)):
         wr = written[key]
         mp = wr['width'] * wr['height'] / 1e6
-        rows.append([f"{wr['width']}x{wr['height']} ({mp:,.0f} MP)", f"{wr['seconds']:.1f} s, {wr['bytes'] / 2**30:.2f} GiB",
+        rows.append([f"{wr['width']}x{wr['height']} ({mp:,.0f} MP)", f"{wr['seconds']:.1f} s, {format_bytes(wr['bytes'])}",
                      f"{r['first']['seconds'] * 1e3:.0f} (GCM windows {r['first']['gcm_seconds'] * 1e3:.0f})"]
                     + [f"{r['sizes'][str(s)]['p50']:.0f} / {r['sizes'][str(s)]['p95']:.0f} "
                        f"({r['sizes'][str(s)]['tiles_per_roi']:.1f}); cold {r['sizes'][str(s)]['cold_p50']:.0f}"

@@ -60,7 +60,7 @@ SHIPPED = {
     'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
                     osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')),
 }
-DEFAULT_MODEL = 'clsr-carn-m'  # the best measured quality per GFLOP (docs/results.md)
+DEFAULT_MODEL = 'clsr-imdn'  # the best measured quality per GFLOP (docs/results.md)
 DEFAULT_WEIGHTS, DEFAULT_OPT = SHIPPED[DEFAULT_MODEL]
 OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
 METHODS = ('bicubic', 'pre_crop', 'clsr', 'post_crop')

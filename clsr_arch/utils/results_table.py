@@ -48,7 +48,7 @@ def lr_sizes(folder, roi, stride):
 
 def gflops(sizes, roi, net_opt):
     """Mean GFLOPs per ROI of every row over the images' LR sizes (cached per size)."""
-    from clsr_arch.infer import bicubic_flops
+    from clsr_arch.api import bicubic_flops
     from clsr_arch.utils.flops import localsr_flops
     pad = roi + 2 * ROI_PAD
     pre = localsr_flops(net_opt['backbone'], (roi, roi), (roi, roi), strategies=('pre_crop',))['pre_crop']
