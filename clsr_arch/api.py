@@ -2,7 +2,7 @@
 
     from clsr_arch.api import LocalSR
 
-    model = LocalSR()                          # the shipped CLSR-CARN-M x4, device 'auto'
+    model = LocalSR()                          # the shipped CLSR-IMDN x4 ('clsr-carn-m' too), device 'auto'
     with model.open('photo.png') as image:     # a path, or a uint8/uint16 HxW[xC] RGB array
         srs = image.super_resolve([(120, 80, 48, 48), (10, 10, 24, 32)])   # uint8 HxWx3 RGB
         pre = image.super_resolve([(120, 80, 48, 48)], method='pre_crop')

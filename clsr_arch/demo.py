@@ -1,4 +1,4 @@
-"""``make demo`` / ``python -m clsr_arch.demo``: the shipped CLSR-CARN-M x4 model on one real
+"""``make demo`` / ``python -m clsr_arch.demo``: the default shipped model (CLSR-IMDN x4) on one real
 image (LocalSR paper Fig. 1: restore a few regions of interest of a large image cheaply).
 
 Runs the inference command (:mod:`clsr_arch.infer`) on Set14 ``zebra.png`` from

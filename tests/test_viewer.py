@@ -42,7 +42,7 @@ def test_page_info_and_image_list(served):
     assert page.status_code == 200 and '<canvas id="canvas">' in page.text and 'viewer.js' in page.text
     assert client.get('/static/viewer.js').status_code == 200
     info = client.get('/api/info').json()
-    assert info['scale'] == 4 and info['max_box'] == 96 and info['base'] == 'CARN_M'
+    assert info['scale'] == 4 and info['max_box'] == 96 and info['base'] == 'IMDN'  # the default model
     images = {im['id']: im for im in client.get('/api/images').json()['images']}
     assert images[zebra]['width'] == 586 and images[zebra]['height'] == 391 and not images[zebra]['ground_truth']
     assert images[baby]['width'] == 128 and images[baby]['ground_truth'] and images[baby]['post_crop']

@@ -11,22 +11,27 @@ import re
 ITER_RE = re.compile(r'iter:\s*([\d,]+).*?l_pix: ([\d.e+-]+)(?: l_context: ([\d.e+-]+))?')
 VAL_ITER_RE = re.compile(r'Validation (\S+)')
 PSNR_Y_RE = re.compile(r'# psnr_y: ([\d.]+)\s+Best: [\d.]+ @ (\d+) iter')
+VAL_FREQ_RE = re.compile(r'^\s*val_freq: (\d+)')
 
 
 def parse_log(path):
     """``(train, val)``: ``[(iter, l_pix, l_context or None)]`` and ``[(iter, psnr_y)]``."""
     train, val = [], []
-    last_iter = 0
+    last_iter, val_freq = 0, 1
     with open(path) as f:
         for line in f:
+            m = VAL_FREQ_RE.search(line)  # the options BasicSR prints at the start
+            if m:
+                val_freq = int(m.group(1))
+                continue
             m = ITER_RE.search(line)
             if m and 'l_pix' in line:
                 last_iter = int(m.group(1).replace(',', ''))
                 train.append((last_iter, float(m.group(2)), float(m.group(3)) if m.group(3) else None))
                 continue
             m = PSNR_Y_RE.search(line)
-            if m:
-                val.append((last_iter, float(m.group(1))))
+            if m:  # validation runs at multiples of val_freq, after the last printed iteration
+                val.append((-(-last_iter // val_freq) * val_freq, float(m.group(1))))
     # BasicSR validates at every val_freq and once more at the end (same iteration twice): keep one
     seen, unique = set(), []
     for it, v in val:
