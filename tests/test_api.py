@@ -13,7 +13,7 @@ from clsr_arch import api
 from clsr_arch.api import LocalSR, LocalSRError, MemoryBudgetError
 from clsr_arch.archs.tiling import DiskFeatures
 from clsr_arch.whole_image import touched_tiles, whole_image_flops
-from conftest import GCM, TINY, perturb_context_modules, shared
+from conftest import assert_same_uint8, GCM, TINY, perturb_context_modules, shared
 
 ZEBRA = shared('Set14', 'HR', 'zebra.png')  # used as an LR image here: 586x391
 
@@ -58,10 +58,11 @@ def test_shipped_model_any_boxes_equal_the_network_itself(shipped, zebra):
         with torch.no_grad():
             ref = shipped.net(ctx, torch.tensor([[0, x, y, w, h]]))[0]
         assert (t - ref).abs().max() <= 1e-5
-        np.testing.assert_array_equal(out, api.to_uint8(ref))
+        assert_same_uint8(out, api.to_uint8(ref))
     # an array gives what the path gives
     with shipped.open(zebra) as image:
-        np.testing.assert_array_equal(image.super_resolve(boxes[:1], plan=False)[0], outs[0])
+        assert_same_uint8(image.super_resolve(boxes[:1], plan=False)[0], outs[0])
+
 
 
 def test_planned_boxes_are_consistent_where_they_overlap(shipped):

@@ -19,7 +19,7 @@ from clsr_arch.data.image_io import read_bgr8
 from clsr_arch.data.lazy_image import LazyImageError, open_lazy
 from clsr_arch.viewer.app import create_app
 from clsr_arch.viewer.store import TILE, ImageStore
-from conftest import REPO, shared
+from conftest import assert_same_uint8, REPO, shared
 
 sys.path.insert(0, osp.join(REPO, 'data'))
 import make_tiled_tiff as mt  # noqa: E402
@@ -196,5 +196,5 @@ def test_viewer_serves_pyramid_tiles_and_sr_of_a_tiled_image(model, zebra_tif):
     b64 = r.json()['results']['clsr']['png']
     got = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     with model.open(ZEBRA) as whole:
-        np.testing.assert_array_equal(got, whole.super_resolve([(10, 10, 24, 24)], plan=False)[0])
+        assert_same_uint8(got, whole.super_resolve([(10, 10, 24, 24)], plan=False)[0])
     assert client.get(f'/api/images/{entry.id}/proposals').status_code == 400

@@ -12,7 +12,7 @@ from clsr_arch.api import LocalSR
 from clsr_arch.viewer import cli
 from clsr_arch.viewer.app import create_app
 from clsr_arch.viewer.store import ImageStore
-from conftest import shared
+from conftest import assert_same_uint8, shared
 
 ZEBRA = shared('Set14', 'HR', 'zebra.png')       # 586x391: an LR image here
 BABY = shared('Set5', 'HR', 'baby.png')          # 512x512 HR: --degrade -> 128x128 LR
@@ -64,7 +64,7 @@ def test_sr_equals_the_python_api_and_the_context_is_encoded_once(served, model)
     assert got.shape == (44, 64, 3)
     with model.open(ZEBRA) as image:
         ref = image.super_resolve([tuple(box)], plan=False)[0]
-    np.testing.assert_array_equal(got, ref)
+    assert_same_uint8(got, ref)
     again = client.post(f'/api/images/{zebra}/sr', json={'box': [0, 0, 48, 48]}).json()
     assert again['context'] is None  # cached: only the decode ran
     assert body['context'] is None or body['context']['ms'] > 0
@@ -85,7 +85,7 @@ def test_every_method_with_ground_truth(served, model):
     entry = store.get(baby)
     with model.open(entry.image.rgb) as image:
         post = image.super_resolve([tuple(box)], method='post_crop')[0]
-    np.testing.assert_array_equal(decode_png(res['post_crop']['png']), post)
+    assert_same_uint8(decode_png(res['post_crop']['png']), post)
 
 
 def test_download_is_the_clsr_png(served):
@@ -177,7 +177,7 @@ def test_two_clients_at_once_get_the_python_api_pixels(served, model):
             for box, (code, body) in zip(jobs[k], got[k]):
                 assert code == 200 and body['box'] == box
                 ref = image.super_resolve([tuple(box)], plan=False)[0]
-                np.testing.assert_array_equal(decode_png(body['results']['clsr']['png']), ref)
+                assert_same_uint8(decode_png(body['results']['clsr']['png']), ref)
 
 
 def test_the_context_cache_is_bounded_lru(model):

@@ -22,7 +22,7 @@ import pytest
 from clsr_arch.api import LocalSR
 from clsr_arch.viewer.app import create_app
 from clsr_arch.viewer.store import ImageStore
-from conftest import REPO, shared
+from conftest import assert_same_uint8, REPO, shared
 
 
 def chromium_path():
@@ -100,7 +100,7 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
             drag_box(page, box)
             w, h, got = shown_sr(page, box)
             assert (w, h) == (4 * box[2], 4 * box[3])
-            np.testing.assert_array_equal(got, image.super_resolve([box], plan=False)[0])
+            assert_same_uint8(got, image.super_resolve([box], plan=False)[0])
             # the comparison row (bicubic, pre-crop, post-crop: a small image) with PSNR labels
             page.wait_for_selector('#sr-post_crop-tile', timeout=30000)
             captions = page.locator('#others figcaption').all_inner_texts()
@@ -116,7 +116,7 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
                              rect['y'] + view['oy'] + (first[1] + first[3] / 2) * view['scale'])
             w, h, got = shown_sr(page, tuple(first))
             assert (w, h) == (4 * first[2], 4 * first[3])
-            np.testing.assert_array_equal(got, image.super_resolve([tuple(first)], plan=False)[0])
+            assert_same_uint8(got, image.super_resolve([tuple(first)], plan=False)[0])
             page.wait_for_selector('body[data-busy="0"]', timeout=30000)
             page.screenshot(path=str(tmp_path / 'viewer.png'))
             if os.environ.get('CLSR_UPDATE_SCREENSHOT'):
@@ -142,7 +142,7 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
             drag_box(page, border)
             w, h, got = shown_sr(page, border)
             assert (w, h) == (64, 48)
-            np.testing.assert_array_equal(got, image.super_resolve([border], plan=False)[0])
+            assert_same_uint8(got, image.super_resolve([border], plan=False)[0])
         # a bad upload gets a message in the page, and the page keeps working
         page.set_input_files('#file', files=[{'name': 'notes.png', 'mimeType': 'image/png', 'buffer': b'not a png'}])
         page.wait_for_function("document.getElementById('message').textContent.includes('notes.png')", timeout=30000)
@@ -215,7 +215,7 @@ def test_a_tiled_image_pans_and_zooms_over_its_pyramid(tiled_server):
         w, h, got = shown_sr(page, box)
         assert (w, h) == (4 * box[2], 4 * box[3])
         with model.open(path) as image:
-            np.testing.assert_array_equal(got, image.super_resolve([box], plan=False)[0])
+            assert_same_uint8(got, image.super_resolve([box], plan=False)[0])
         page.wait_for_selector('body[data-busy="0"]', timeout=30000)
         assert errors == []
         browser.close()
