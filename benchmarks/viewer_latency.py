@@ -1,6 +1,6 @@
 """clsr-view latency over HTTP (issue 14): the page's requests, timed by the server (``server_ms``
 of ``POST /api/images/{id}/sr``) and by the client, on Set14 and on the 2K DIV2K images (all
-opened with ``--degrade``: LR = MATLAB bicubic x1/4 of the HR), shipped CLSR-CARN-M x4, CPU.
+opened with ``--degrade``: LR = MATLAB bicubic x1/4 of the HR), the default shipped model, CPU.
 
 Per image set: the first 48x48 box on each newly opened image (its context pass included), then
 50 random 48x48 boxes with the context cached -- CLSR alone (what the page asks first) and the
@@ -24,7 +24,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
-from clsr_arch.api import LocalSR  # noqa: E402
+from clsr_arch.api import DEFAULT_MODEL, LocalSR  # noqa: E402
 from clsr_arch.viewer.app import create_app  # noqa: E402
 from clsr_arch.viewer.store import ImageStore  # noqa: E402
 
@@ -107,7 +107,7 @@ def main(argv=None):
               f'{args.box}x{args.box} CLSR, server ms p50 / p95', 'same, client ms p50 / p95',
               'bicubic + pre-crop request, server ms p50 / p95']
     body = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}): uvicorn serving '
-            f'clsr-view\'s app in this process, an httpx client over loopback; shipped CLSR-CARN-M x4; '
+            f'clsr-view\'s app in this process, an httpx client over loopback; default shipped model ({DEFAULT_MODEL}); '
             f'{n_boxes} random {args.box}x{args.box} boxes per set after the first box of each image.\n\n'
             + common.markdown_table(header, rows))
     common.write_section(args.out, 'viewer-latency', body)
