@@ -9,6 +9,7 @@ Without Chromium the test skips with the reason -- unless ``CLSR_REQUIRE_BROWSER
 .ci/run), where a missing browser is a failure: CI must run it for real.
 """
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -36,13 +37,10 @@ def chromium_path():
     pytest.skip(reason)
 
 
-@pytest.fixture(scope='module')
-def server():
+@contextlib.contextmanager
+def serving(store):
+    """clsr-view's app under uvicorn on a free port, as ``clsr-view`` serves it; yields the URL."""
     import uvicorn
-    model = LocalSR(device='cpu')
-    store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=50e6)
-    zebra = store.add(shared('Set14', 'HR', 'zebra.png'), degrade=True)  # 146x97 LR, ground truth
-    store.add(shared('Set5', 'HR', 'butterfly.png'))
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
@@ -53,9 +51,21 @@ def server():
         if srv.started:
             break
         time.sleep(0.05)
-    yield f'http://127.0.0.1:{port}', model, zebra
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f'http://127.0.0.1:{port}'
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope='module')
+def server():
+    model = LocalSR(device='cpu')
+    store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=50e6)
+    zebra = store.add(shared('Set14', 'HR', 'zebra.png'), degrade=True)  # 146x97 LR, ground truth
+    store.add(shared('Set5', 'HR', 'butterfly.png'))
+    with serving(store) as url:
+        yield url, model, zebra
 
 
 def drag_box(page, box):
@@ -154,7 +164,6 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
 def tiled_server(tmp_path_factory):
     """A 3600x2400 tiled pyramidal TIFF (levels 3600, 1800, 900 px wide), served by clsr-view."""
     import sys
-    import uvicorn
     sys.path.insert(0, os.path.join(REPO, 'data'))
     import make_tiled_tiff as mt
     path = str(tmp_path_factory.mktemp('tiled') / 'mosaic.tif')
@@ -163,19 +172,8 @@ def tiled_server(tmp_path_factory):
     model = LocalSR(device='cpu')
     store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=1)  # the pixel limit is for images read whole
     entry = store.add(path)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(store), host='127.0.0.1', port=port, log_level='warning'))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f'http://127.0.0.1:{port}', model, entry, path
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(store) as url:
+        yield url, model, entry, path
 
 
 def test_a_tiled_image_pans_and_zooms_over_its_pyramid(tiled_server):
