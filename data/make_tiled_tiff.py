@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), os.pardir)))
-from clsr_arch.data.image_io import DataError, check_complete, tmp_name  # noqa: E402
+from clsr_arch.data.image_io import DataError, check_complete, read_bytes, tmp_name  # noqa: E402
 
 
 class MosaicError(DataError):
@@ -47,11 +47,7 @@ def _pair(text, what):
 
 def read_unchanged(path):
     """An image file as stored (8/16-bit, 1-4 channels), RGB(A) order; MosaicError naming it."""
-    try:
-        with open(path, 'rb') as f:
-            content = f.read()
-    except OSError as err:
-        raise MosaicError(f'{path}: cannot read ({err.strerror})') from None
+    content = read_bytes(path)
     check_complete(content, path)
     img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:

@@ -105,14 +105,18 @@ def decode_bgr8(content, name):
     return to_bgr8(img, name)
 
 
-def read_bgr8(path):
-    """Read a file from disk -> uint8 [H, W, 3] BGR; DataError naming the file."""
+def read_bytes(path):
+    """A file's bytes; DataError naming the file when it cannot be read."""
     try:
         with open(path, 'rb') as f:
-            content = f.read()
+            return f.read()
     except OSError as err:
         raise DataError(f'{path}: cannot read ({err.strerror})') from None
-    return decode_bgr8(content, path)
+
+
+def read_bgr8(path):
+    """Read a file from disk -> uint8 [H, W, 3] BGR; DataError naming the file."""
+    return decode_bgr8(read_bytes(path), path)
 
 
 def image_size(path):
