@@ -69,7 +69,13 @@ def centre_crop(img, cell, path):
 
 
 class Mosaic:
-    """Cells on a grid; ``band(level, y0, y1)`` gives rows of a pyramid level."""
+    """Cells on a grid; ``band(level, y0, y1)`` gives rows of a pyramid level.
+
+    Level k is level 0 halved k times, exactly (``H >> k`` x ``W >> k``: what TIFF readers take
+    for a pyramid level; tifffile drops a SubIFD of another size). Cell ``c`` of level k spans
+    ``[(c * cell) >> k, ((c + 1) * cell) >> k)``, so its cells may differ by a pixel; each is its
+    image area-averaged to that size.
+    """
 
     def __init__(self, images, names, grid):
         self.images, self.names = images, names
@@ -77,32 +83,33 @@ class Mosaic:
         self.cell_hw = images[0].shape[:2]
         self.channels = 1 if images[0].ndim == 2 else images[0].shape[2]
         self.dtype = images[0].dtype
-        self._levels = {0: images}
-
-    def cell_size(self, level):
-        h, w = self.cell_hw
-        return max(1, h >> level), max(1, w >> level)
+        self._resized = {}  # (image index, h, w) -> the image area-averaged to h x w
 
     def size(self, level):
-        ch, cw = self.cell_size(level)
-        return ch * self.rows, cw * self.cols
+        ch, cw = self.cell_hw
+        return max(1, (ch * self.rows) >> level), max(1, (cw * self.cols) >> level)
 
-    def cells(self, level):
-        if level not in self._levels:
-            ch, cw = self.cell_size(level)
-            self._levels[level] = [cv2.resize(im, (cw, ch), interpolation=cv2.INTER_AREA) for im in self.images]
-        return self._levels[level]
+    def _cell(self, i, h, w):
+        img = self.images[i]
+        if img.shape[:2] == (h, w):
+            return img
+        if (i, h, w) not in self._resized:
+            self._resized[(i, h, w)] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        return self._resized[(i, h, w)]
 
     def band(self, level, y0, y1):
-        ch, cw = self.cell_size(level)
-        cells = self.cells(level)
-        h, w = self.size(level)
-        out = np.empty((y1 - y0, w) + (() if self.channels == 1 else (self.channels, )), self.dtype)
-        for r in range(y0 // ch, (y1 - 1) // ch + 1):
-            a, b = max(y0, r * ch), min(y1, (r + 1) * ch)
+        ch, cw = self.cell_hw
+        ys = [(r * ch) >> level for r in range(self.rows + 1)]
+        xs = [(c * cw) >> level for c in range(self.cols + 1)]
+        out = np.zeros((y1 - y0, self.size(level)[1]) + (() if self.channels == 1 else (self.channels, )), self.dtype)
+        for r in range(self.rows):
+            a, b = max(y0, ys[r]), min(y1, ys[r + 1])
+            if a >= b:
+                continue
             for c in range(self.cols):
-                img = cells[(r * self.cols + c) % len(cells)]
-                out[a - y0:b - y0, c * cw:(c + 1) * cw] = img[a - r * ch:b - r * ch]
+                if xs[c + 1] > xs[c]:
+                    img = self._cell((r * self.cols + c) % len(self.images), ys[r + 1] - ys[r], xs[c + 1] - xs[c])
+                    out[a - y0:b - y0, xs[c]:xs[c + 1]] = img[a - ys[r]:b - ys[r]]
         return out
 
 

@@ -69,6 +69,13 @@ def test_mosaic_of_a_folder_and_its_bad_input(tmp_path):
     with open_lazy(out) as im:
         assert im.hw == (40, 180)
         np.testing.assert_array_equal(im.read(0, 40, 0, 180)[0, ::60, 0], [10, 200, 10])  # a, b, a again
+    # odd cells: every level is exactly the previous one halved (a pyramid readers take whole)
+    (tmp_path / 'odd').mkdir()
+    odd = str(tmp_path / 'odd' / 'odd.tif')
+    mt.write_tiff(mt.build_mosaic(str(src), (3, 1), (25, 13), repeat=True), odd, tile=16, min_size=10, progress=False)
+    with open_lazy(odd) as im:
+        assert im.levels == [(13, 75), (6, 37), (3, 18)]
+        assert im.read(0, 6, 0, 37, level=1)[0, ::12, 0].tolist() == [10, 200, 200, 10]
     cv2.imwrite(str(src / 'c.png'), np.zeros((30, 60, 3), np.uint8))  # another size
     bad = str(tmp_path / 'bad.tif')
     with pytest.raises(mt.MosaicError, match=r'mixed images: .*c\.png is 60x30'):
