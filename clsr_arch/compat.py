@@ -22,6 +22,11 @@ in ``tests/test_compat.py`` by a test that fails without it.
    fsync, rename) and whose ``load`` is :func:`safe_load` (``weights_only=True``, clear errors);
    resuming removes the ``.tmp-*`` a killed save left; ``load_network`` failures (wrong
    architecture with ``strict_load_g``, missing param key) name the file and the differing keys.
+5. ``filter2D`` (``basicsr.utils.img_process_util``, the blur of Real-ESRGAN's degradation model)
+   calls ``.view`` on its input; on torch 2.14 ``DiffJPEG`` returns a non-contiguous tensor, so
+   ``RealESRNetModel.feed_data`` (and clsr's degradation, issue 21) crash on the second blur.
+   Fix: the same function on ``.contiguous()`` input (values unchanged), in every basicsr module
+   that imported it by name.
 """
 import logging
 import os
@@ -228,5 +233,22 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
 
 _base_model.BaseModel.load_network = load_network
 
+
+# --- fix 5: filter2D on non-contiguous input ------------------------------------------------
+import basicsr.utils.img_process_util as _img_process_util  # noqa: E402
+import basicsr.models.realesrgan_model as _realesrgan_model  # noqa: E402
+import basicsr.models.realesrnet_model as _realesrnet_model  # noqa: E402
+
+_orig_filter2D = _img_process_util.filter2D
+
+
+def filter2D(img, kernel):
+    """basicsr's ``filter2D`` on a contiguous copy of ``img`` when it is not contiguous."""
+    return _orig_filter2D(img.contiguous(), kernel)
+
+
+for _mod in (_img_process_util, _realesrgan_model, _realesrnet_model):
+    _mod.filter2D = filter2D
+
 APPLIED = ('functional_tensor alias', 'load_resume_state on CPU from root', 'gloo DDP on CPU',
-           'atomic checkpoints + weights_only loads')
+           'atomic checkpoints + weights_only loads', 'filter2D on non-contiguous input')

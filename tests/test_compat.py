@@ -164,4 +164,4 @@ def test_base_model_loads_are_weights_only_with_clear_errors(tmp_path):
 
 
 def test_compat_lists_its_fixes():
-    assert len(compat.APPLIED) == 4
+    assert len(compat.APPLIED) == 5

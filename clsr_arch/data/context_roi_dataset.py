@@ -26,6 +26,13 @@ Options (BasicSR conventions; ``phase`` and ``scale`` are filled in by BasicSR's
 ``mean``, ``std``    optional normalisation of every image tensor
 ``check_sizes``      default true: read every image header (or LMDB meta_info) at construction
                      so that size errors surface before training starts
+``degradation``      train only (issue 21): true or a mapping of Real-ESRGAN degradation options
+                     (:mod:`clsr_arch.data.degradation`). Only HR images are read
+                     (``dataroot_lq`` is not used); an item is the HR context crop, its ROI and
+                     the blur/sinc kernels; the model degrades the **whole HR context once**
+                     on its device and the ROI's LR pixels are the crop of that LR context.
+                     HR images smaller than the context are reflect-padded, as
+                     RealESRGANDataset pads its crops.
 
 Images are converted to 8-bit 3-channel by :mod:`clsr_arch.data.image_io` (grayscale
 replicated, 16-bit scaled, opaque alpha dropped; transparent alpha refused). Every bad input
@@ -38,6 +45,7 @@ import os.path as osp
 import random
 import re
 
+import cv2
 import numpy as np
 import torch
 from torch.utils import data as data
@@ -47,6 +55,7 @@ from basicsr.data.transforms import augment
 from basicsr.utils import FileClient, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
+from .degradation import check_options, sample_kernels
 from .image_io import DataError, decode_bgr8, image_size, list_images
 
 __all__ = ['ContextROIDataset', 'DataError', 'read_lmdb_meta', 'validation_grid']
@@ -139,10 +148,21 @@ class ContextROIDataset(data.Dataset):
         self.file_client = None
         self.mean, self.std = opt.get('mean'), opt.get('std')
         self.filename_tmpl = opt.get('filename_tmpl', '{}')
-        for key in ('dataroot_gt', 'dataroot_lq'):
+        self.degradation = None
+        if opt.get('degradation') not in (None, False):  # {} or true: Real-ESRGAN's defaults
+            if self.phase != 'train':
+                raise DataError(f'option degradation is for the train phase; {self.phase} sets are made once, '
+                                'seeded, by data/make_degraded_sets.py')
+            try:
+                self.degradation = check_options(opt['degradation'], f'datasets.{opt.get("name", "train")}.degradation')
+            except ValueError as err:
+                raise DataError(str(err)) from None
+            if opt.get('mean') is not None or opt.get('std') is not None:
+                raise DataError('option degradation works on [0, 1] HR images: remove mean/std')
+        for key in ('dataroot_gt',) if self.degradation else ('dataroot_gt', 'dataroot_lq'):
             if not opt.get(key):
                 raise DataError(f'dataset {opt.get("name", "?")!r}: option {key} is missing')
-        self.gt_folder, self.lq_folder = opt['dataroot_gt'], opt['dataroot_lq']
+        self.gt_folder, self.lq_folder = opt['dataroot_gt'], opt.get('dataroot_lq')
 
         if self.phase == 'train':
             self.context_size = _hw(opt.get('context_size', 54), 'context_size')
@@ -166,8 +186,11 @@ class ContextROIDataset(data.Dataset):
             self.min_lq = self.roi_size
         self._logged = set()
 
-        self.paths = self._pair_lmdb() if self.backend == 'lmdb' else self._pair_disk()
-        if opt.get('check_sizes', True):
+        if self.degradation:
+            self.paths = self._gt_only()
+        else:
+            self.paths = self._pair_lmdb() if self.backend == 'lmdb' else self._pair_disk()
+        if opt.get('check_sizes', True) and not self.degradation:
             for p in self.paths:
                 self._check_sizes(p, p['lq_hw'], p['gt_hw'])
 
@@ -219,6 +242,30 @@ class ContextROIDataset(data.Dataset):
             })
         return paths
 
+    def _gt_only(self):
+        """HR images alone (degradation mode): every listed image, no LR side."""
+        if self.backend == 'lmdb':
+            if not self.gt_folder.endswith('.lmdb') or not osp.isdir(self.gt_folder):
+                raise DataError(f'option dataroot_gt: {self.gt_folder!r} is not an existing .lmdb folder')
+            keys = list(read_lmdb_meta(self.gt_folder))
+            if self.opt.get('meta_info_file'):
+                wanted = [osp.splitext(n)[0] for n in _read_meta_info_names(self.opt['meta_info_file'])]
+                missing = [k for k in wanted if k not in set(keys)]
+                if missing:
+                    raise DataError(f'meta_info_file {self.opt["meta_info_file"]!r} lists keys missing from '
+                                    f'LMDB {self.gt_folder!r}: {_listing(missing)}')
+                keys = wanted
+            return [{'gt_path': k, 'lq_path': None} for k in keys]
+        if self.opt.get('meta_info_file'):
+            names = _read_meta_info_names(self.opt['meta_info_file'])
+            missing = [n for n in names if not osp.isfile(osp.join(self.gt_folder, n))]
+            if missing:
+                raise DataError(f'meta_info_file {self.opt["meta_info_file"]!r} lists GT images missing '
+                                f'from {self.gt_folder!r}: {_listing(missing)}')
+        else:
+            names = list_images(self.gt_folder, 'dataroot_gt')
+        return [{'gt_path': osp.join(self.gt_folder, n), 'lq_path': None} for n in names]
+
     def _pair_lmdb(self):
         for key, root in (('dataroot_gt', self.gt_folder), ('dataroot_lq', self.lq_folder)):
             if not root.endswith('.lmdb') or not osp.isdir(root):
@@ -253,6 +300,8 @@ class ContextROIDataset(data.Dataset):
 
     # ---------------------------------------------------------------- checks and loading
     def _names(self, p):
+        if self.backend == 'lmdb' and self.degradation:
+            return (None, f'LMDB {self.gt_folder!r} key {p["gt_path"]!r}')
         if self.backend == 'lmdb':
             return (f'LMDB {self.lq_folder!r} key {p["lq_path"]!r}', f'LMDB {self.gt_folder!r} key {p["gt_path"]!r}')
         return p['lq_path'], p['gt_path']
@@ -286,10 +335,13 @@ class ContextROIDataset(data.Dataset):
             opt = dict(self.io_backend_opt)
             backend = opt.pop('type', 'disk')
             if backend == 'lmdb':
-                opt['db_paths'] = [self.lq_folder, self.gt_folder]
-                opt['client_keys'] = ['lq', 'gt']
+                folders, keys = ([self.gt_folder], ['gt']) if self.degradation else \
+                    ([self.lq_folder, self.gt_folder], ['lq', 'gt'])
+                opt['db_paths'], opt['client_keys'] = folders, keys
             self.file_client = FileClient(backend, **opt)
         p = self.paths[index]
+        if self.degradation:
+            return p, None, self._read(p, 'gt')
         img_lq, img_gt = self._read(p, 'lq'), self._read(p, 'gt')
         self._check_sizes(p, img_lq.shape[:2], img_gt.shape[:2])  # files may differ from headers/meta
         return p, img_lq, img_gt
@@ -303,6 +355,10 @@ class ContextROIDataset(data.Dataset):
     # ---------------------------------------------------------------- items
     def __getitem__(self, index):
         p, img_lq, img_gt = self._load(index)
+        if self.degradation:
+            item = self._degradation_item(img_gt)
+            item['gt_path'] = p['gt_path']
+            return item
         if self.phase == 'train':
             item = self._train_item(img_lq, img_gt)
         else:
@@ -332,6 +388,30 @@ class ContextROIDataset(data.Dataset):
             'gt': self._to_tensor(roi_gt),
             'gt_context': self._to_tensor(ctx_gt),
         }
+
+    def _degradation_item(self, img_gt):
+        """HR context crop + ROI + Real-ESRGAN kernels; the LR context is made by the model."""
+        s = self.scale
+        (ch, cw), (rh, rw) = self.context_size, self.roi_size
+        hh, hw = s * ch, s * cw
+        h, w = img_gt.shape[:2]
+        if h < hh or w < hw:  # RealESRGANDataset's rule for small images: reflect-pad the crop
+            img_gt = cv2.copyMakeBorder(img_gt, 0, max(0, hh - h), 0, max(0, hw - w), cv2.BORDER_REFLECT_101)
+            h, w = img_gt.shape[:2]
+        top, left = random.randint(0, h - hh), random.randint(0, w - hw)
+        ctx_gt = img_gt[top:top + hh, left:left + hw].astype(np.float32) / 255.
+        ctx_gt = augment(ctx_gt, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
+        if self.roi_placement == 'center':
+            y, x = (ch - rh) // 2, (cw - rw) // 2
+        else:
+            y, x = random.randint(0, ch - rh), random.randint(0, cw - rw)
+        item = {
+            'roi': torch.tensor([x, y, rw, rh], dtype=torch.long),
+            'gt': self._to_tensor(ctx_gt[s * y:s * (y + rh), s * x:s * (x + rw)]),
+            'gt_context': self._to_tensor(ctx_gt),
+        }
+        item.update(sample_kernels(self.degradation))
+        return item
 
     def _val_item(self, index, p, img_lq, img_gt):
         s = self.scale

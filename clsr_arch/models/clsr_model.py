@@ -13,6 +13,13 @@ LocalSR changes:
   context pass (``encode_context`` once, ``decode`` in chunks). PSNR/SSIM are BasicSR's
   metrics computed per ROI (the paper does not crop ROI borders) and averaged over all ROIs
   of the dataset, not per image.
+* **Real-world degradations** (issue 21): when the training dataset has a ``degradation``
+  block, batches carry HR contexts and Real-ESRGAN kernels; ``feed_data`` degrades each whole
+  HR context once on the model's device (:mod:`clsr_arch.data.degradation`) and the ROI is
+  cropped from that LR context, so ROI and context share one degradation.
+* **Plain backbones train too** (the real-world base of issue 21, like Real-ESRNet): ``network_g``
+  a plain BasicSR arch is trained with ``pixel_opt`` on the whole LR context against the HR
+  context, and validated per ROI with ``val.mode`` pre_crop/post_crop.
 * **Baselines** of Table 1 with the same protocol (``val.mode``): ``pre_crop`` runs the plain
   backbone on the ROI alone (optionally with ``val.pre_crop_pad`` LR pixels of real context,
   cropped back); ``post_crop`` runs it on the whole image and crops the ROI. ``network_g`` may
@@ -39,6 +46,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from clsr_arch.archs import roi as roi_ops
 from clsr_arch.archs.backbone_adapters import get_adapter, run_backbone
+from clsr_arch.data.degradation import Degrader
 
 from .lambda_schedule import LambdaSchedule
 
@@ -132,10 +140,11 @@ class CLSRModel(SRModel):
 
     # ------------------------------------------------------------------ training
     def init_training_settings(self):
-        if not is_clsr_net(self.get_bare_model(self.net_g)):
-            raise ValueError(f'CLSRModel trains CLSR networks; network_g is {self.opt["network_g"]["type"]} '
-                             '(train plain backbones with SRModel, evaluate them here with val.mode)')
         train_opt = self.opt['train']
+        self.is_clsr = is_clsr_net(self.get_bare_model(self.net_g))  # SRModel.__init__ calls this first
+        if not self.is_clsr and (train_opt.get('context_opt') or train_opt.get('fix_base')):
+            raise ValueError(f'network_g {self.opt["network_g"]["type"]} is a plain backbone: it trains with '
+                             'pixel_opt on the whole context; train.context_opt / train.fix_base are for CLSR networks')
         logger = get_root_logger()
         # train.fix_base: the plain backbone (pretrained weights) is frozen -- in model_to_device,
         # before DDP records which parameters need gradients -- so that only the context modules
@@ -175,7 +184,18 @@ class CLSRModel(SRModel):
         self.optimizer_g = self.get_optimizer(optim_type, optim_params, **train_opt['optim_g'])
         self.optimizers.append(self.optimizer_g)
 
+    def _degrade(self, data):
+        """Degradation mode: the LR context made from the HR context on this device."""
+        if getattr(self, '_degrader', None) is None:
+            train_set = (self.opt.get('datasets') or {}).get('train') or {}
+            self._degrader = Degrader(train_set.get('degradation'), self.scale)
+        gt_context = data['gt_context'].to(self.device)
+        lq, _ = self._degrader(gt_context, data)
+        return dict(data, lq=lq, gt_context=gt_context)
+
     def feed_data(self, data):
+        if 'kernel1' in data and 'lq' not in data:
+            data = self._degrade(data)
         self.lq = data['lq'].to(self.device)
         where = data.get('lq_path', ['<batch>'])[0]
         if self.lq.dim() != 4:
@@ -212,7 +232,12 @@ class CLSRModel(SRModel):
         lam = self.lambda_schedule(current_iter)
         self.optimizer_g.zero_grad()
         ctx_sr = None
-        if lam > 0:
+        if not self.is_clsr:  # plain backbone: the whole LR context against the HR context
+            if self.gt_context is None:
+                raise ValueError('training a plain backbone needs `gt_context` (HR context) in the batch')
+            self.output = self.net_g(self.lq)
+            self.gt = self.gt_context
+        elif lam > 0:
             self.output, ctx_sr = self.net_g(self.lq, self.boxes, return_context=True)
             if ctx_sr is None:
                 raise ValueError('lambda > 0 but the network returns no PIM context (is network_g.pim None?)')
