@@ -8,13 +8,13 @@ parameters). Byte-for-byte reproducible from --seed. Example::
 
 Kinds: realesrgan (BasicSR's Real-ESRGAN second-order model, default ranges), jpeg30 (bicubic
 x1/4 then JPEG q30), noise10 (bicubic then Gaussian noise sigma 10), blur1.6 (Gaussian blur
-sigma 1.6 then bicubic); see clsr_arch/data/degraded_sets.py.
+sigma 1.6 then bicubic); bicubic (the clean LR) on request; see clsr_arch/data/degraded_sets.py.
 """
 import argparse
 import sys
 
 import clsr_arch  # noqa: F401  (basicsr compat first)
-from clsr_arch.data.degraded_sets import KINDS, make_degraded_sets
+from clsr_arch.data.degraded_sets import KINDS, OPTIONAL, make_degraded_sets
 from clsr_arch.data.image_io import DataError
 
 
@@ -22,7 +22,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('input', help='folder of HR images')
     parser.add_argument('output', help='output folder (HR/ and one folder per kind)')
-    parser.add_argument('--kinds', default=','.join(KINDS), help=f'comma-separated subset of {",".join(KINDS)}')
+    parser.add_argument('--kinds', default=','.join(KINDS), help=f'comma-separated subset of {",".join(KINDS + OPTIONAL)}')
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)

@@ -10,7 +10,8 @@
 #    there is no LR training folder.
 # 3. validation: the 25 held-out images degraded once, seeded (data/make_degraded_sets.py: the
 #    Real-ESRGAN set and the three single-factor sets), for checkpoint selection.
-# 4. test sets: Set5/Set14/BSD100 HR -> the same four degraded kinds, seed 0, with manifests.
+# 4. test sets: Set5/Set14/BSD100 HR -> the same four degraded kinds, seed 0, with manifests, and
+#    the clean bicubic LR (for the bicubic models' table).
 # Resumable: rerunning skips complete outputs (sub-images, LMDB); the degraded sets are
 # rewritten byte-identically.
 set -euo pipefail
@@ -53,10 +54,13 @@ $PY data/extract_subimages.py "$OUT/split/train_big" "$OUT/train/HR" --crop-size
 for f in "$OUT"/split/train_small/*; do ln -sfn "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$OUT/train/HR/$(basename "$f")"; done
 $PY data/create_lmdb.py "$OUT/train/HR" "$OUT/train/HR.lmdb"
 
-# 3. validation: the held-out images, degraded once (seeded)
-$PY data/make_degraded_sets.py "$OUT/split/val" "$OUT/val" --seed 0
+# 3. validation: the held-out images, degraded once (seeded); their clean bicubic LR too (the
+#    bicubic models, retrained on the same split, are chosen on it)
+$PY data/make_degraded_sets.py "$OUT/split/val" "$OUT/val" --seed 0 \
+    --kinds realesrgan,jpeg30,noise10,blur1.6,bicubic
 
 # 4. test sets (never trained or selected on)
 for set in Set5 Set14 BSD100; do
-  $PY data/make_degraded_sets.py "$SHARED/$set/HR" "$OUT/$set" --seed 0
+  $PY data/make_degraded_sets.py "$SHARED/$set/HR" "$OUT/$set" --seed 0 \
+      --kinds realesrgan,jpeg30,noise10,blur1.6,bicubic
 done

@@ -103,7 +103,12 @@ def test_degradation_options_are_checked():
         check_options({'jpeg_range2': [0, 95]})
     with pytest.raises(ValueError, match='resize_prob'):
         check_options({'resize_prob': [1, 0]})
-    assert check_options(True) == DEFAULTS
+    assert check_options(True) == dict(DEFAULTS, type='realesrgan')
+    assert check_options({'type': 'bicubic'}) == {'type': 'bicubic'}
+    with pytest.raises(ValueError, match='takes no other keys'):
+        check_options({'type': 'bicubic', 'jpeg_range': [30, 95]})
+    with pytest.raises(ValueError, match='expected realesrgan'):
+        check_options({'type': 'bsrgan'})
 
 
 # ------------------------------------------------------------------------- dataset and model
@@ -210,6 +215,23 @@ def test_plain_backbone_trains_on_the_whole_degraded_context(tiny_pairs, tmp_pat
     bad = model_opt(tmp_path, dict(TINY_BASE), 'pre_crop', fix_base=True)
     with pytest.raises(ValueError, match='is a plain backbone'):
         build_model(bad)
+
+
+def test_bicubic_type_makes_the_papers_lr_of_the_same_contexts(tiny_pairs, tmp_path):
+    """degradation {type: bicubic}: the bicubic models train on the same HR contexts, with the
+    MATLAB-bicubic LR that data/generate_lr.py writes (8-bit)."""
+    from clsr_arch.data.prep import bicubic_lr
+    opt = model_opt(tmp_path, dict(TINY_BASE), 'pre_crop')
+    opt['datasets']['train']['degradation'] = {'type': 'bicubic'}
+    model = build_model(opt)
+    ds = ContextROIDataset(degradation_set_opt(tiny_pairs / 'HR', degradation={'type': 'bicubic'}))
+    batch = collate(ds, 2)
+    assert 'kernel1' not in batch
+    model.feed_data(batch)
+    for b in range(2):
+        hr = (batch['gt_context'][b].numpy().transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
+        ref = bicubic_lr(np.ascontiguousarray(hr), SCALE)[:, :, ::-1].transpose(2, 0, 1) / 255.
+        assert np.abs(model.lq[b].numpy() - ref).max() <= 1 / 255 + 1e-6
 
 
 # ------------------------------------------------------------------------- degraded test sets

@@ -17,7 +17,9 @@ Nothing here is a new degradation model. The pieces are BasicSR's (``basicsr.dat
   sets (``data/make_degraded_sets.py``) write them into their manifest.
 
 Option names and defaults are Real-ESRGAN's ``train_realesrnet_x4plus.yml``: kernel options in
-the training dataset's ``degradation`` block, pipeline options beside them.
+the training dataset's ``degradation`` block, pipeline options beside them. ``{type: bicubic}``
+instead makes the paper's clean LR (MATLAB bicubic, BasicSR's ``imresize``, 8-bit) from the same
+HR contexts, so bicubic models train on exactly the same images and crops.
 """
 import math
 import random
@@ -30,6 +32,7 @@ from basicsr.data.degradations import (add_gaussian_noise_pt, add_poisson_noise_
                                        random_mixed_kernels)
 from basicsr.utils import DiffJPEG
 from basicsr.utils.img_process_util import filter2D
+from basicsr.utils.matlab_functions import imresize
 
 __all__ = ['DEFAULTS', 'Degrader', 'check_options', 'sample_kernels', 'second_order']
 
@@ -62,10 +65,18 @@ def check_options(opt, where='degradation'):
         opt = {}
     if not isinstance(opt, dict):
         raise ValueError(f'option {where}: expected a mapping of Real-ESRGAN degradation options, got {opt!r}')
+    kind = opt.get('type', 'realesrgan')
+    if kind == 'bicubic':
+        if set(opt) != {'type'}:
+            raise ValueError(f'option {where}: type bicubic takes no other keys, got {sorted(set(opt) - {"type"})}')
+        return {'type': 'bicubic'}
+    if kind != 'realesrgan':
+        raise ValueError(f'option {where}.type: expected realesrgan (default) or bicubic, got {kind!r}')
+    opt = {k: v for k, v in opt.items() if k != 'type'}
     unknown = sorted(set(opt) - set(DEFAULTS))
     if unknown:
         raise ValueError(f'option {where}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}')
-    out = dict(DEFAULTS)
+    out = dict(DEFAULTS, type='realesrgan')
     out.update(opt)
     for key in ('resize_prob', 'resize_prob2'):
         if len(out[key]) != 3 or min(out[key]) < 0 or sum(out[key]) <= 0:
@@ -95,7 +106,9 @@ def _one_kernel(opt, suffix):
 
 def sample_kernels(opt):
     """``{'kernel1', 'kernel2', 'sinc_kernel'}`` (21x21 float tensors) for one training item,
-    with RealESRGANDataset's draws in its order."""
+    with RealESRGANDataset's draws in its order; ``{}`` for the bicubic type."""
+    if opt.get('type') == 'bicubic':
+        return {}
     kernel1 = _one_kernel(opt, '')
     kernel2 = _one_kernel(opt, '2')
     if np.random.uniform() < opt['final_sinc_prob']:
@@ -212,10 +225,14 @@ class Degrader:
         return self._jpeger[key]
 
     def __call__(self, gt, kernels):
-        """``gt`` [B, 3, H, W] and ``kernels`` (dict of [B, 21, 21]) on one device -> (lq, params)."""
+        """``gt`` [B, 3, H, W] and ``kernels`` (dict of [B, 21, 21]; unused for bicubic) on one
+        device -> (lq, params)."""
         dev = gt.device
         h, w = gt.shape[2:]
         if h % self.scale or w % self.scale:
             raise ValueError(f'degradation: HR context {h}x{w} is not a multiple of scale {self.scale}')
+        if self.opt['type'] == 'bicubic':
+            lq = torch.stack([imresize(g.cpu(), 1 / self.scale) for g in gt]).clamp_(0, 1)
+            return (lq * 255.).round_().div_(255.).to(dev), [{'resize': 'matlab_bicubic'}] * gt.size(0)
         k = [kernels[n].to(dev) for n in ('kernel1', 'kernel2', 'sinc_kernel')]
         return second_order(gt, *k, self.opt, self.scale, self.jpeger(dev))

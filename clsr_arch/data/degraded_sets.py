@@ -9,7 +9,8 @@ Four kinds, each a folder of LR PNGs beside the HR cropped to a multiple of the 
   (OpenCV's encoder, as a saved photo);
 * ``noise10``     MATLAB bicubic x1/s, then Gaussian noise sigma 10 (of 255; colour), 8-bit;
 * ``blur1.6``     isotropic Gaussian blur sigma 1.6 (21x21, BasicSR's ``bivariate_Gaussian``)
-  on the HR, then MATLAB bicubic x1/s, 8-bit.
+  on the HR, then MATLAB bicubic x1/s, 8-bit;
+* ``bicubic``     (only when asked for) the paper's clean LR: MATLAB bicubic x1/s, 8-bit.
 
 An image's seed is derived from ``--seed``, the kind and the image's name, so a set is the same
 whatever other images or kinds are made with it, and byte-for-byte the same on every run
@@ -34,6 +35,7 @@ from .image_io import DataError, atomic_imwrite, list_images, read_bgr8
 from .prep import mod_crop
 
 KINDS = ('realesrgan', 'jpeg30', 'noise10', 'blur1.6')
+OPTIONAL = ('bicubic',)  # the paper's clean LR, for the bicubic models' validation and tables
 
 
 def image_seed(seed, kind, name):
@@ -57,6 +59,8 @@ def _to8(img):
 
 def degrade_image(hr_bgr8, kind, scale, seed, degrader=None):
     """One HR image (uint8 BGR, a multiple of ``scale``) -> (LR uint8 BGR, params dict)."""
+    if kind == 'bicubic':
+        return _to8(_bicubic_float(hr_bgr8, scale)), {'resize': 'matlab_bicubic'}
     if kind == 'jpeg30':
         lr8 = _to8(_bicubic_float(hr_bgr8, scale))
         ok, enc = cv2.imencode('.jpg', lr8, [int(cv2.IMWRITE_JPEG_QUALITY), 30])
@@ -81,7 +85,7 @@ def degrade_image(hr_bgr8, kind, scale, seed, degrader=None):
         lq, params = degrader(gt.unsqueeze(0), kernels)
         lr = (lq[0].numpy().transpose(1, 2, 0)[:, :, ::-1] * 255.).round().astype(np.uint8)
         return np.ascontiguousarray(lr), dict(params[0], seed=seed)
-    raise DataError(f'unknown degradation kind {kind!r}; known: {", ".join(KINDS)}')
+    raise DataError(f'unknown degradation kind {kind!r}; known: {", ".join(KINDS + OPTIONAL)}')
 
 
 def make_degraded_sets(src_folder, out_folder, kinds=KINDS, scale=4, seed=0, show_progress=True):
@@ -89,9 +93,9 @@ def make_degraded_sets(src_folder, out_folder, kinds=KINDS, scale=4, seed=0, sho
     ``scale``) and ``out_folder/<kind>/X<scale>/<stem>.png`` + ``out_folder/<kind>/manifest.json``.
     Returns ``{kind: number of images}``."""
     kinds = list(kinds)
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in KINDS + OPTIONAL]
     if bad:
-        raise DataError(f'unknown degradation kind(s) {bad}; known: {", ".join(KINDS)}')
+        raise DataError(f'unknown degradation kind(s) {bad}; known: {", ".join(KINDS + OPTIONAL)}')
     if not isinstance(scale, int) or scale < 1:
         raise DataError(f'scale must be a positive int, got {scale!r}')
     names = list_images(src_folder, 'input folder')

@@ -194,7 +194,7 @@ class CLSRModel(SRModel):
         return dict(data, lq=lq, gt_context=gt_context)
 
     def feed_data(self, data):
-        if 'kernel1' in data and 'lq' not in data:
+        if 'lq' not in data and 'gt_context' in data:  # degradation mode: HR contexts only
             data = self._degrade(data)
         self.lq = data['lq'].to(self.device)
         where = data.get('lq_path', ['<batch>'])[0]
