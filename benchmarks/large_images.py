@@ -11,7 +11,7 @@ Three parts, each a marked section of docs/benchmarks.md:
   x1/4), planned CLSR (``image.super_resolve(grid)``, a fresh image each run, so the context pass
   is paid whenever the plan needs it) vs post-crop (``method='post_crop'``), interleaved, median
   of ``--repeats`` runs after one warm-up of each.
-* ``cli``: ``clsr-infer big.png --roi 1000,1000,48,48`` on a 3000x4000 LR PNG, default methods:
+* ``cli``: ``clsr-infer big.png --compare --roi 1000,1000,48,48`` on a 3000x4000 LR PNG, default methods:
   wall time and the peak RSS the command prints.
 
     .venv/bin/python benchmarks/large_images.py                 # all parts, ~6 min, ~10 GB of temp disk
@@ -180,7 +180,7 @@ def part_cli(args, hw):
     folder = tempfile.mkdtemp(prefix='clsr-bench-cli-')
     path = osp.join(folder, 'big.png')
     cv2.imwrite(path, mosaic(h, w)[:, :, ::-1])
-    cmd = [sys.executable, '-m', 'clsr_arch.infer', path, '--roi', f'{w // 4},{h // 3},48,48',
+    cmd = [sys.executable, '-m', 'clsr_arch.infer', path, '--compare', '--roi', f'{w // 4},{h // 3},48,48',
            '--out', osp.join(folder, 'out'), '--threads', str(args.threads)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO)

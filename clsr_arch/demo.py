@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 import sys
 
-from clsr_arch import infer
+from clsr_arch import api, infer
 
 REPO = infer.REPO
 DEFAULT_IMAGE = osp.join(REPO, osp.pardir, 'shared', 'data', 'Set14', 'HR', 'zebra.png')
@@ -24,12 +24,12 @@ def main(argv=None):
     p.add_argument('--image', default=DEFAULT_IMAGE, help='an HR image (made LR with --degrade)')
     p.add_argument('--roi', action='append', help=f'x,y,w,h in LR pixels (default: {" ".join(DEFAULT_ROIS)})')
     p.add_argument('--out', default=osp.join(REPO, 'results', 'demo'))
-    p.add_argument('--model', default=infer.api.DEFAULT_MODEL, choices=sorted(infer.api.SHIPPED))
+    p.add_argument('--model', default=api.DEFAULT_MODEL, choices=sorted(api.SHIPPED))
     args = p.parse_args(argv)
     if not osp.isfile(args.image):
         print(f'demo: error: {args.image} missing (../shared/data must sit beside the repository)', file=sys.stderr)
         return 2
-    cli = [args.image, '--degrade', '--out', args.out, '--model', args.model, '--quiet']
+    cli = [args.image, '--compare', '--degrade', '--out', args.out, '--model', args.model, '--quiet']
     for r in args.roi or DEFAULT_ROIS:
         cli += ['--roi', r]
     try:

@@ -1,62 +1,83 @@
-"""``clsr-infer`` / ``python -m clsr_arch.infer``: super-resolve regions of interest of one image
-with CLSR and compare it with the local SR strategies of the LocalSR paper (Sec. 1, Fig. 1;
-Sec. 4.2, Table 1): bicubic, pre-cropping (the plain backbone on the ROI plus CLSR's own
-``roi_pad`` pixels of real context), CLSR (whole image as context, Sec. 3.5 "Inference") and
-post-cropping (the plain backbone on the whole image, then cropped). A thin command line over
-the Python API (:mod:`clsr_arch.api`): it parses arguments and writes files; the API loads the
-model, plans the boxes and runs the methods.
+"""clsr-infer / python -m clsr_arch.infer: the command line of the Python API (clsr_arch.api).
 
-    python -m clsr_arch.infer IMAGE --degrade --roi 40,30,24,24 --roi 10,60,48,48 --out results/infer
-    python -m clsr_arch.infer LR.png --grid 24 --out results/infer
-    python -m clsr_arch.infer BIG.png --roi 1000,1000,48,48 --methods clsr,pre_crop --max-memory 8G
-
-IMAGE is an LR image, or with ``--degrade`` an HR image that is cropped to a multiple of the
-scale and bicubic-downscaled the paper's way (MATLAB-compatible ``imresize``, uint8 round trip);
-the HR crop is then the ground truth (``--hr`` gives one for an LR image). Boxes are
-``x,y,w,h`` in LR pixels (docs/design.md). ``--methods`` picks among ``clsr``, ``bicubic``,
-``pre_crop``, ``post_crop`` (default: all that fit the memory budget ``--max-memory``; a method
-that does not fit is skipped with one line saying why -- asked for by name, it is an error).
-Whole-image SR that does not fit runs tiled (``--tile``, ``--tile-overlap``). Writes, under
-``--out`` (all files appear together at the end; an error leaves nothing):
-
-* ``<stem>_roi<i>_<method>.png`` for every ROI and method run (and ``gt`` when known);
-* ``<stem>_compare.png``: the LR context with the boxes, then per ROI every method labelled
-  with its time, GFLOPs (``clsr_arch.utils.flops``) and PSNR (with ground truth);
-* ``<stem>_metrics.json``: the same numbers, the plan, the peak RSS.
-
-Errors (a box outside the image, an unreadable image, weights that do not match the options, a
-pass over the memory budget with tiling off) print one line ``clsr-infer: error: ...`` naming
-the offending thing, and exit with code 2.
+It parses arguments and writes what the API returns; loading, budgets, plans and routes are the
+API's. Heavy modules (torch, BasicSR) are imported only after the arguments are parsed, so that
+--help answers at once.
 """
 import argparse
-import json
 import os
 import os.path as osp
-import shutil
 import sys
-import tempfile
-import time
 
-import cv2
-import numpy as np
-from basicsr.metrics import calculate_psnr, calculate_ssim
+from clsr_arch.api.errors import LocalSRError
+from clsr_arch.api.methods import LABELS, METHODS
+from clsr_arch.api.registry import REPO, add_model_args  # noqa: F401  (REPO: the demo's)
 
-from clsr_arch import api
-from clsr_arch.api import DEFAULT_OPT, DEFAULT_WEIGHTS, METHODS, REPO, LocalSRError, MemoryBudgetError  # noqa: F401
-from clsr_arch.data.context_roi_dataset import validation_grid
-from clsr_arch.data.prep import bicubic_lr, mod_crop
-from clsr_arch.utils.figure import comparison_figure
-from clsr_arch.utils.memory import format_bytes, peak_rss_bytes
+DEFAULT_OUT = osp.join('results', 'infer')
 
-LABELS = {'bicubic': 'bicubic', 'pre_crop': 'pre-crop', 'clsr': 'CLSR (ours)', 'post_crop': 'post-crop',
-          'gt': 'ground truth'}
+DESCRIPTION = """\
+Super-resolve (x4) regions of interest of images with CLSR (LocalSR, Ji & Yao): only the boxes
+are super-resolved, with the whole image as context, at the boxes' cost and not the image's.
+
+By default every box of every input is written as its own PNG, by CLSR alone:
+  clsr-infer frames/ --boxes detections.csv -o results/plates
+  clsr-infer photo.png other.jpg --roi 120,40,24,24 --roi 10,10,32,20
+  clsr-infer 'frames/*.png' --grid 48
+With --compare, each image also gets bicubic, pre-crop and post-crop of the same boxes, a
+comparison figure and a metrics JSON (PSNR with --degrade or --hr):
+  clsr-infer photo_hr.png --degrade --roi 34,14,24,24 --compare
+Many processes, one job (images split between the ranks, one manifest per rank):
+  torchrun --nproc_per_node 2 -m clsr_arch.infer frames/ --boxes dets.csv -o out
+"""
+
+EPILOG = """\
+inputs:
+  Files, folders (their .png .jpg .jpeg .bmp .webp .tif .tiff .npy files, not recursive) and
+  glob patterns (quote them). Tiled TIFFs and .npy are read region by region. Without inputs,
+  the images named in --boxes are used (paths relative to the boxes file).
+
+boxes (LR pixels: x = left column, y = top row, w, h):
+  --boxes FILE  CSV lines image,x,y,w,h[,label] (a header line "image,x,y,w,h,label" is
+                allowed), or COCO JSON: "images" [{"id", "file_name"}], "annotations"
+                [{"image_id", "bbox": [x, y, w, h], "category_id"}], "categories" [{"id",
+                "name"}] (the name is the label). Image names match an input by path, by path
+                relative to the boxes file, or by file name. Float boxes are rounded outward:
+                x and y down, x+w and y+h up, so that every pixel the detector marked is
+                super-resolved; a rounded box is clipped to the image where only the rounding
+                crossed its border. A box that leaves its image, a missing image or a
+                malformed line is one line in errors.txt (file and line number); the rest runs.
+  --roi and --grid apply to every input.
+
+outputs (in --out, default results/infer):
+  <image>_x<X>_y<Y>_<W>x<H>[_<label>]_<suffix>.<ext>   one per box and method, written
+      atomically (a hidden temporary file renamed into place); --suffix (default: the
+      method, e.g. "clsr"; "{method}" is replaced by it), --ext png|jpg|webp|auto (auto: the
+      input's format).
+  manifest.rank<R>.jsonl   one JSON line per written box: image, box, label, file, method,
+      route, context, seconds (the box's own), gflops. A rerun skips every box already in a
+      manifest whose file exists: a run killed at any point and rerun writes every box once.
+  errors.txt   one line per image or box that failed (tab-separated: image, box, reason).
+  summary.json   done / skipped / failed counts, seconds, peak RSS, per rank.
+  With --compare: <image>_roi<i>_<method>.png, <image>_compare.png, <image>_metrics.json.
+
+exit status:
+  0 every box written (or already done); 1 some boxes failed (see errors.txt);
+  2 a usage error (bad option, unreadable weights or boxes file), nothing run.
+
+plans:
+  All boxes of an image share one plan: CLSR decodes of the boxes (merged where one decode of
+  their union costs less), with the context pass over the whole frame or only around the boxes
+  (GCM windows and PIM tiles), whichever costs fewer FLOPs; or whole-image SR when that is
+  cheaper than any CLSR decodes (a full grid, say) -- said before it starts, with an estimate.
+  --no-plan decodes each box on its own with the whole-frame context.
+"""
 
 
 class InferError(LocalSRError):
     """A user error: printed as one line, exit code 2."""
 
 
-# ---------------------------------------------------------------------------------- inputs
+# ---------------------------------------------------------------------------------- arguments
 def parse_box(text):
     """``'x,y,w,h'`` -> (x, y, w, h) ints."""
     parts = text.replace(' ', '').split(',')
@@ -79,46 +100,10 @@ def check_box(box, lr_hw, name):
                          f'need 0 <= x, x+w <= {W}, 0 <= y, y+h <= {H}')
 
 
-def grid_boxes(lr_hw, size):
-    """Non-overlapping ``size`` x ``size`` grid, row-major (the evaluation protocol's grid)."""
-    H, W = lr_hw
-    if size < 1 or size > min(H, W):
-        raise InferError(f'--grid {size}: needs 1 <= size <= {min(H, W)} (the {W}x{H} LR image)')
-    return [tuple(r) for r in validation_grid(H, W, size, size)[0].tolist()]
-
-
-def load_inputs(args, scale):
-    """(LR rgb uint8, HR rgb uint8 or None), by the dataset's conversion rules."""
-    img, _ = api.load_image(args.image)
-    if args.degrade:
-        if args.hr:
-            raise InferError('--hr and --degrade exclude each other (with --degrade IMAGE is the HR)')
-        hr = mod_crop(img, scale)
-        if min(hr.shape[:2]) < scale:
-            raise InferError(f'image {args.image}: {img.shape[1]}x{img.shape[0]} is too small for x{scale}')
-        return bicubic_lr(hr, scale), hr
-    return img, load_hr(args, scale, img.shape[:2])
-
-
-def load_hr(args, scale, lr_hw):
-    """The ``--hr`` image (read whole) checked against the LR size, or None."""
-    if not args.hr:
-        return None
-    try:
-        hr, _ = api.load_image(args.hr)
-    except LocalSRError as err:
-        raise InferError(f'--hr {str(err)[len("image "):]}') from None
-    want = (scale * lr_hw[0], scale * lr_hw[1])
-    if hr.shape[:2] != want:
-        raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
-                         f'{lr_hw[1]}x{lr_hw[0]} LR image (expected {want[1]}x{want[0]})')
-    return hr
-
-
-def parse_methods(text):
+def parse_methods(text, default):
     """``--methods`` -> (methods in display order, explicitly asked?)."""
     if text is None:
-        return list(METHODS), False
+        return list(default), False
     asked = [m.strip() for m in text.split(',') if m.strip()]
     unknown = [m for m in asked if m not in METHODS]
     if unknown or not asked:
@@ -138,67 +123,52 @@ def parse_tile(text):
     return tile
 
 
-# ---------------------------------------------------------------------------------- metrics
-def psnr_ssim(img, ref):
-    """Per-ROI metrics as the evaluation (crop_border 0): PSNR RGB, PSNR/SSIM on Y (BGR inputs)."""
-    return {'psnr': float(calculate_psnr(img, ref, 0)),
-            'psnr_y': float(calculate_psnr(img, ref, 0, test_y_channel=True)),
-            'ssim_y': float(calculate_ssim(img, ref, 0, test_y_channel=True))}
-
-
-def per_roi_gflops(model, image, method, box, run_info):
-    """GFLOPs charged to one ROI: CLSR = context pass + this ROI's decode (Table 1's per-ROI
-    cost), pre-crop = the backbone on the padded ROI, post-crop = whole-image SR as run,
-    bicubic = its separable filter."""
-    x, y, w, h = box
-    cost, hw = model.cost, image.hw
-    if method == 'clsr' and isinstance(image, api.TiledImage):
-        # ROI-local context: the GCM's windows, the PIM tiles this ROI's crop meets, its decode
-        return (cost.gcm(hw) + cost.pim(image.roi_context_pixels(box)) + cost.decode(h, w, hw)) / 1e9
-    if method == 'clsr':
-        return (cost.context(*hw) + cost.decode(h, w, hw)) / 1e9
-    if method == 'pre_crop':
-        ph, pw = cost.padded_size(h, w, hw)
-        return cost.base(ph, pw) / 1e9
-    if method == 'post_crop':
-        return run_info['gflops']
-    return api.bicubic_flops(h, w, model.scale) / 1e9
-
-
-# ---------------------------------------------------------------------------------- main
 def build_parser():
-    p = argparse.ArgumentParser(prog='clsr-infer', description=__doc__.split('\n\n')[0])
-    p.add_argument('image', help='LR image (or HR image with --degrade)')
+    p = argparse.ArgumentParser(prog='clsr-infer', description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('inputs', nargs='*', metavar='INPUT', help='image files, folders or glob patterns')
+    p.add_argument('-i', '--input', action='append', default=[], metavar='INPUT',
+                   help='another input (as Real-ESRGAN\'s -i); repeatable')
+    p.add_argument('-o', '--out', '--output', dest='out', default=DEFAULT_OUT,
+                   help=f'output folder (default {DEFAULT_OUT}, created if missing)')
+    p.add_argument('--boxes', metavar='FILE', help='boxes of a detector: CSV image,x,y,w,h[,label] or COCO JSON')
+    p.add_argument('--roi', action='append', default=[], metavar='X,Y,W,H', help='a box of every input (repeatable)')
+    p.add_argument('--grid', type=int, metavar='N', help='every N x N box of a non-overlapping grid of every input')
+    p.add_argument('--suffix', default='{method}',
+                   help='output file name suffix (default "{method}": clsr, pre_crop, ...; "" for none)')
+    p.add_argument('--ext', default='png', choices=('png', 'jpg', 'webp', 'auto'),
+                   help='output format (default png; auto: the input\'s)')
+    p.add_argument('--methods', metavar='M[,M...]',
+                   help=f'which of {",".join(METHODS)} to run (default: clsr; with --compare all that fit '
+                        'the memory budget)')
+    p.add_argument('--compare', action='store_true',
+                   help='every method on the same boxes, a comparison figure and metrics per image')
     p.add_argument('--degrade', action='store_true',
-                   help='IMAGE is HR: crop to a multiple of the scale, make the LR by MATLAB bicubic')
-    p.add_argument('--hr', help='ground-truth HR of an LR IMAGE (for PSNR)')
-    p.add_argument('--roi', action='append', default=[], metavar='X,Y,W,H', help='ROI in LR pixels (repeatable)')
-    p.add_argument('--grid', type=int, metavar='N', help='every N x N ROI of a non-overlapping grid')
+                   help='--compare: INPUT is HR; crop to a multiple of the scale, make the LR by MATLAB bicubic')
+    p.add_argument('--hr', help='--compare: ground-truth HR of an LR INPUT (for PSNR)')
     p.add_argument('--propose', type=int, metavar='N',
-                   help='add the N non-overlapping boxes with the highest estimated SR gain (where to look)')
+                   help='--compare: add the N non-overlapping boxes with the highest estimated SR gain')
     p.add_argument('--propose-size', type=int, default=48, metavar='S', help='side of proposed boxes (default 48)')
     p.add_argument('--propose-by', default='pim', choices=('pim', 'gradient', 'learned'),
                    help='gain estimator of --propose (default pim: from the context pass)')
-    p.add_argument('--methods', metavar='M[,M...]',
-                   help=f'which of {",".join(METHODS)} to run (default: all that fit the memory budget)')
-    api.add_model_args(p)
+    p.add_argument('--max-figure-rois', type=int, default=6, help='--compare: ROIs shown in the figure (all are written)')
+    add_model_args(p)
     p.add_argument('--base-weights', default='official',
                    help="plain backbone of pre-/post-crop: 'official' (default; CARN-M: the official weights "
                         "in ../shared/data/weights/carn_m.pth, other backbones: the CLSR's base), 'clsr' (the "
                         "CLSR's own base) or a checkpoint path")
-    p.add_argument('--out', default='results/infer', help='output folder')
-    p.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1, ...')
-    p.add_argument('--threads', type=int, help='CPU threads (default: torch\'s)')
+    p.add_argument('--device', default='auto',
+                   help='auto, cpu, cuda, cuda:1, ... (under torchrun, auto/cuda: one GPU per rank)')
+    p.add_argument('--threads', type=int,
+                   help="CPU threads (default: the machine's cores shared among this node's ranks)")
     p.add_argument('--max-memory', metavar='BYTES',
                    help='memory budget, e.g. 8G or 512M (default: 80%% of the available RAM)')
     p.add_argument('--tile', default='auto', metavar='auto|0|N',
                    help='LR tile size of the context pass and of whole-image SR when they do not fit the budget '
-                        "(default auto; 0: never tile, too large is an error)")
+                        '(default auto; 0: never tile, too large is an error)')
     p.add_argument('--tile-overlap', type=int, default=16, help='LR pixels around whole-image SR tiles (default 16)')
     p.add_argument('--no-plan', action='store_true',
-                   help='CLSR: decode every ROI on its own (default: plan the ROIs: merge, or whole-image SR '
-                        'when cheaper by FLOPs)')
-    p.add_argument('--max-figure-rois', type=int, default=6, help='ROIs shown in the figure (all are written)')
+                   help='CLSR: decode every box on its own with the whole-frame context (default: plan them)')
     p.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     return p
 
@@ -208,7 +178,7 @@ def normalise_argv(argv):
     option, so a negative box would stop in argparse instead of getting the box error."""
     out, it = [], iter(argv)
     for a in it:
-        if a in ('--roi', '--grid', '--tile', '--tile-overlap', '--threads', '--max-figure-rois'):
+        if a in ('--roi', '--grid', '--tile', '--tile-overlap', '--threads', '--max-figure-rois', '--suffix'):
             nxt = next(it, None)
             out.append(a if nxt is None else f'{a}={nxt}')
         else:
@@ -216,53 +186,131 @@ def normalise_argv(argv):
     return out
 
 
-def run_methods(image, boxes, methods, explicit, plan, say):
-    """``{method: (outputs, run_info)}`` for the methods that run; skipped ones are said."""
-    results = {}
-    for m in methods:
-        try:
-            outs = image.super_resolve(boxes, method=m, plan=plan)
-        except MemoryBudgetError as err:
-            if explicit:
-                raise
-            say(f'{m} skipped: {err}')
-            continue
-        results[m] = (outs, dict(image.last_run))
-        if image.last_run.get('tile'):
-            run, whole = image.last_run['tiles'], image.model.whole_bytes(image.hw)
-            say(f'{m}: whole-image SR tiled ({image.last_run["tile"]}-pixel LR tiles, overlap '
-                f'{image.model.tile_overlap}; the {run[0]} of {run[1]} tiles the ROIs touch): untiled it needs '
-                f'~{format_bytes(whole * api.SAFETY)}, over the memory budget of {format_bytes(image.model.max_memory)}')
-    if not results:
-        raise InferError('no method fits the memory budget (see the lines above); raise --max-memory or allow tiling')
-    return results
+def make_model(args, ranks=None, progress=False):
+    from clsr_arch import api
+    weights, opt = api.model_paths(args)
+    device = ranks.device(args.device) if ranks else args.device
+    threads = ranks.threads(args.threads) if ranks else args.threads
+    return api.LocalSR(weights, opt, device=device, threads=threads, max_memory=args.max_memory,
+                       tile=parse_tile(args.tile), tile_overlap=args.tile_overlap, base_weights=args.base_weights,
+                       progress=progress)
+
+
+# ---------------------------------------------------------------------------------- batch (default)
+def batch(args, say):
+    """The default: every box of every input, CLSR (or ``--methods``), one file each."""
+    from clsr_arch import api
+    for flag in ('degrade', 'hr', 'propose'):
+        if getattr(args, flag):
+            raise InferError(f'--{flag.replace("_", "-")} goes with --compare')
+    if args.grid is not None and args.grid < 1:
+        raise InferError(f'--grid {args.grid}: must be >= 1')
+    methods, _ = parse_methods(args.methods, ['clsr'])
+    rois = [parse_box(t) for t in args.roi]
+    job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid, methods, args.suffix,
+                       args.ext, plan=not args.no_plan)
+    ranks = api.Ranks().start()
+    try:
+        model = make_model(args, ranks, progress=not args.quiet)
+        return api.run_batch(job, model, ranks, say=say)
+    finally:
+        ranks.close()
+
+
+def print_summary(s):
+    rate = s['done'] / s['seconds'] if s['seconds'] else 0.
+    print(f'{s["images"]} images on {s["ranks"]} rank(s): {s["done"]} boxes written, {s["skipped"]} skipped '
+          f'(done before), {s["failed"]} failed; {s["seconds"]:.1f} s ({rate:.2f} boxes/s); '
+          f'peak RSS {s["peak_rss_bytes"] / 2**20:.0f} MiB (largest rank)')
+    print(f'outputs: {s["out"]}' + (f'; errors: {s["errors_file"]}' if s['errors_file'] else ''))
+
+
+# ---------------------------------------------------------------------------------- --compare
+def load_hr(args, scale, lr_hw):
+    """The ``--hr`` image checked against the LR size, or None."""
+    from clsr_arch import api
+    if not args.hr:
+        return None
+    try:
+        hr, _ = api.load_image(args.hr)
+    except LocalSRError as err:
+        raise InferError(f'--hr {str(err)[len("image "):]}') from None
+    want = (scale * lr_hw[0], scale * lr_hw[1])
+    if hr.shape[:2] != want:
+        raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
+                         f'{lr_hw[1]}x{lr_hw[0]} LR image (expected {want[1]}x{want[0]})')
+    return hr
 
 
 def infer(args, say=None):
-    """Run everything; returns the metrics dict that is also written as JSON."""
+    """``--compare`` on the first input (the demo's entry); the metrics dict also written as JSON."""
+    return compare(args, say)[0]
+
+
+def compare(args, say=None):
+    """Every method on the boxes of each input: PNGs, a comparison figure and a metrics JSON per
+    input; returns their metrics dicts. Any error stops the run (exit 2) and, for the image it
+    hit, leaves nothing written."""
+    from clsr_arch import api
     say = say or (lambda line: print(f'clsr-infer: {line}', file=sys.stderr))
-    if not args.roi and not args.grid and not args.propose:
-        raise InferError('give at least one --roi x,y,w,h, --grid N or --propose N')
+    if not args.roi and not args.grid and not args.propose and not args.boxes:
+        raise InferError('give at least one --roi x,y,w,h, --grid N, --propose N or --boxes FILE')
     if args.max_figure_rois < 1:
         raise InferError(f'--max-figure-rois {args.max_figure_rois}: must be >= 1')
-    methods, explicit = parse_methods(args.methods)
-    weights, opt = api.model_paths(args)
-    model = api.LocalSR(weights, opt, device=args.device, threads=args.threads,
-                        max_memory=args.max_memory, tile=parse_tile(args.tile), tile_overlap=args.tile_overlap,
-                        base_weights=args.base_weights, progress=not args.quiet)
+    methods, explicit = parse_methods(args.methods, METHODS)
+    rois = [parse_box(t) for t in args.roi]
+    paths, problems = api.expand_inputs(args.inputs + args.input)
+    by_image = {}
+    if args.boxes:
+        found, bad = api.read_boxes(args.boxes)
+        if not paths:
+            from clsr_arch.api.box_files import images_of
+            paths = images_of(found, args.boxes)
+        from clsr_arch.api.box_files import match_images
+        by_image, missing = match_images(found, paths, args.boxes)
+        problems += bad + missing
+    if problems:
+        raise InferError(problems[0][1])
+    if not paths:
+        raise InferError('no input image given')
+    if len(paths) > 1 and (args.hr or args.degrade and args.hr):
+        raise InferError('--hr goes with one input image')
+    model = make_model(args, progress=not args.quiet)
+    return [compare_image(args, model, path, rois, by_image.get(path, []), methods, explicit, say) for path in paths]
+
+
+def compare_image(args, model, path, rois, file_boxes, methods, explicit, say):
+    import time
+
+    from clsr_arch import api
+    from clsr_arch.api.box_files import to_pixels
+    from clsr_arch.data.context_roi_dataset import validation_grid
     s = model.scale
-    if api.is_lazy_path(args.image) and not args.degrade:  # tiled TIFF / .npy: read region by region
-        image = model.open(args.image)
+    if api.is_lazy_path(path) and not args.degrade:  # tiled TIFF / .npy: read region by region
+        image = model.open(path)
         lr, hr = None, load_hr(args, s, image.hw)
     else:
-        lr, hr = load_inputs(args, s)
-        image = model.open(lr, name=args.image)
+        img, _ = api.load_image(path)
+        if args.degrade:
+            if args.hr:
+                raise InferError('--hr and --degrade exclude each other (with --degrade the input is the HR)')
+            try:
+                lr, hr = api.degrade(img, s)
+            except LocalSRError as err:
+                raise InferError(f'image {path}: {err}') from None
+        else:
+            lr, hr = img, load_hr(args, s, img.shape[:2])
+        image = model.open(lr, name=path)
     hw = image.hw
-    boxes = [parse_box(t) for t in args.roi]
+    boxes = list(rois)
     for box in boxes:
         check_box(box, hw, '--roi')
+    boxes += [to_pixels(b, hw) for b in file_boxes]
     if args.grid:
-        boxes += grid_boxes(hw, args.grid)
+        H, W = hw
+        if args.grid < 1 or args.grid > min(H, W):
+            raise InferError(f'--grid {args.grid}: needs 1 <= size <= {min(H, W)} (the {W}x{H} LR image)')
+        boxes += [tuple(r) for r in validation_grid(H, W, args.grid, args.grid)[0].tolist()]
     t0 = time.perf_counter()
     with image:
         proposed = []
@@ -271,16 +319,20 @@ def infer(args, say=None):
             say(f'proposed (by {args.propose_by}): ' + ', '.join(f'{",".join(map(str, b))} ({sc:.3g})'
                                                                for b, sc in zip(proposed, scores)))
             boxes += proposed
-        results = run_methods(image, boxes, methods, explicit, not args.no_plan, say)
-        flops = {m: [per_roi_gflops(model, image, m, b, results[m][1]) for b in boxes] for m in results}
+        if not boxes:
+            raise InferError(f'{path}: no boxes for this image')
+        results = api.run_methods(image, boxes, methods, explicit, not args.no_plan, say)
+        flops = {m: [api.roi_gflops(image, m, b, results[m][1]) for b in boxes] for m in results}
         context = image.context_info
         overview = (lr, 1.0, (0, 0)) if lr is not None else image.overview(boxes)
     total_s = time.perf_counter() - t0
+    import shutil
+    import tempfile
     # everything is written to a hidden folder first and moved into --out at the end
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.clsr-infer-', dir=args.out)
     try:
-        result = write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s,
+        result = write_outputs(args, path, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s,
                                proposed)
         for name in os.listdir(tmp):
             os.replace(osp.join(tmp, name), osp.join(args.out, name))
@@ -289,10 +341,25 @@ def infer(args, say=None):
     return result
 
 
-def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s, proposed=()):
+def psnr_ssim(img, ref):
+    """Per-ROI metrics as the evaluation (crop_border 0): PSNR RGB, PSNR/SSIM on Y (BGR inputs)."""
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+    return {'psnr': float(calculate_psnr(img, ref, 0)),
+            'psnr_y': float(calculate_psnr(img, ref, 0, test_y_channel=True)),
+            'ssim_y': float(calculate_ssim(img, ref, 0, test_y_channel=True))}
+
+
+def write_outputs(args, path, tmp, overview, hw, hr, boxes, results, flops, s, model, context, total_s, proposed=()):
     """PNGs of every ROI and method, the comparison figure (``overview``: ``(rgb, scale,
     origin)`` of the context panel) and the metrics JSON, into ``tmp``."""
-    stem = osp.splitext(osp.basename(args.image))[0]
+    import json
+
+    import cv2
+    import numpy as np
+
+    from clsr_arch.utils.figure import comparison_figure
+    from clsr_arch.utils.memory import peak_rss_bytes
+    stem = osp.splitext(osp.basename(path))[0]
     ran = [m for m in METHODS if m in results]
     rois, tiles = [], []
     for i, (bx, by, bw, bh) in enumerate(boxes):
@@ -304,8 +371,7 @@ def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, 
             name = f'{stem}_roi{i}_{m}.png'
             cv2.imwrite(osp.join(tmp, name), img[:, :, ::-1])
             info = results[m][1]
-            # per ROI: the method's time shared over its ROIs (post-crop: the whole image runs for any ROI)
-            secs = info['seconds'] if m == 'post_crop' else info['seconds'] / len(boxes)
+            secs = info['box_seconds'][i]  # the box's own (post-crop: the whole image runs for any box)
             rec = {'seconds': secs, 'gflops': flops[m][i]}
             label_name = f'pre-crop (pad {model.net.roi_pad})' if m == 'pre_crop' else LABELS[m]
             if m == 'clsr' and info.get('plan', {}).get('mode') == 'whole':
@@ -333,9 +399,9 @@ def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, 
     shown += [i for i, b in enumerate(boxes) if b in proposed and i not in shown]
     comparison_figure(overview[0], [boxes[i] for i in shown], [tiles[i] for i in shown], osp.join(tmp, figure),
                       context_scale=overview[1], context_origin=overview[2], full_size=(hw[1], hw[0]),
-                      title=f'{osp.basename(args.image)}: x{s} local SR, CLSR vs pre-/post-cropping'
+                      title=f'{osp.basename(path)}: x{s} local SR, CLSR vs pre-/post-cropping'
                             + (' (LR = bicubic of the HR)' if args.degrade else ''))
-    result = {'image': args.image, 'lr_size': [hw[1], hw[0]], 'scale': s, 'weights': model.weights,
+    result = {'image': path, 'lr_size': [hw[1], hw[0]], 'scale': s, 'weights': model.weights,
               'base_weights': model.base_weights or 'the CLSR base', 'methods': ran,
               'runs': {m: results[m][1] for m in ran}, 'context_pass': context,
               'seconds': total_s, 'peak_rss_bytes': peak_rss_bytes(),
@@ -348,27 +414,43 @@ def write_outputs(args, tmp, overview, hw, hr, boxes, results, flops, s, model, 
     return result
 
 
+def print_compare(result):
+    from clsr_arch.utils.memory import format_bytes
+    print(f'figure: {result["figure"]}')
+    for m in result['methods']:
+        run = result['runs'][m]
+        line = f'  {LABELS[m]:12s} {run["seconds"]:8.2f} s  {run["gflops"]:10.3f} GFLOPs'
+        if 'mean' in result:
+            line += f'  PSNR-Y {result["mean"][m]["psnr_y"]:.2f} dB  PSNR-RGB {result["mean"][m]["psnr"]:.2f} dB'
+        if m == 'clsr' and 'plan' in run:
+            line += f'  (plan: {run["plan"]["mode"]}, {run["plan"]["pieces"]} pieces)'
+        print(line)
+    print(f'  {len(result["rois"])} ROIs of the {result["lr_size"][0]}x{result["lr_size"][1]} LR image in '
+          f'{result["seconds"]:.2f} s; peak RSS {format_bytes(result["peak_rss_bytes"])} '
+          f'(memory budget {format_bytes(result["max_memory_bytes"])})')
+
+
 def main(argv=None):
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
+
+    def say(line):
+        print(f'clsr-infer: {line}', file=sys.stderr, flush=True)
     try:
-        result = infer(args)
+        if args.compare:
+            results = compare(args, say)
+        else:
+            summary = batch(args, say)
     except LocalSRError as err:
         print(f'clsr-infer: error: {err}', file=sys.stderr)
         return 2
-    if not args.quiet:
-        print(f'figure: {result["figure"]}')
-        for m in result['methods']:
-            run = result['runs'][m]
-            line = f'  {LABELS[m]:12s} {run["seconds"]:8.2f} s  {run["gflops"]:10.3f} GFLOPs'
-            if 'mean' in result:
-                line += f'  PSNR-Y {result["mean"][m]["psnr_y"]:.2f} dB  PSNR-RGB {result["mean"][m]["psnr"]:.2f} dB'
-            if m == 'clsr' and 'plan' in run:
-                line += f'  (plan: {run["plan"]["mode"]}, {run["plan"]["pieces"]} pieces)'
-            print(line)
-        print(f'  {len(result["rois"])} ROIs of the {result["lr_size"][0]}x{result["lr_size"][1]} LR image in '
-              f'{result["seconds"]:.2f} s; peak RSS {format_bytes(result["peak_rss_bytes"])} '
-              f'(memory budget {format_bytes(result["max_memory_bytes"])})')
-    return 0
+    if args.compare:
+        if not args.quiet:
+            for r in results:
+                print_compare(r)
+        return 0
+    if not args.quiet and summary['rank'] == 0:  # rank 0 reports for everyone
+        print_summary(summary)
+    return 1 if summary['failed'] else 0
 
 
 if __name__ == '__main__':

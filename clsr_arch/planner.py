@@ -117,7 +117,8 @@ def merge_pieces(boxes, price, reach, max_pixels):
     return pieces, cost
 
 
-def plan_boxes(cost_model, boxes, context_hw, context_done=False, whole_flops=None, max_pixels=None):
+def plan_boxes(cost_model, boxes, context_hw, context_done=False, whole_flops=None, max_pixels=None,
+               context_flops=None):
     """The plan for ``boxes`` (``[(x, y, w, h)]`` LR pixels, any sizes) of one context.
 
     Args:
@@ -126,10 +127,15 @@ def plan_boxes(cost_model, boxes, context_hw, context_done=False, whole_flops=No
         context_done: the context pass has already run (its cost is sunk).
         whole_flops: FLOPs of whole-image SR as it would run (untiled or tiled); None: never.
         max_pixels: largest LR area of one merged piece (its decode must fit in memory).
+        context_flops: what the context pass still costs when not the whole-frame pass (the
+            ROI-local one around these boxes, :mod:`clsr_arch.api.roi_context`).
     """
     if not boxes:
         raise ValueError('plan_boxes: no boxes')
-    context = 0. if context_done else cost_model.context(*context_hw)
+    if context_done:
+        context = 0.
+    else:
+        context = cost_model.context(*context_hw) if context_flops is None else float(context_flops)
 
     def price(p):
         return cost_model.decode(p.h, p.w, context_hw)

@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from basicsr.metrics import calculate_psnr
 from basicsr.utils.matlab_functions import imresize
 
-from .api import REPO, LocalSRError
+from .api.errors import LocalSRError  # leaf modules: the API imports this module, not back
+from .api.registry import REPO
 from .data.context_roi_dataset import validation_grid
 from .utils.flops import count_flops
 
@@ -351,7 +352,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .api import LocalSR
+    from .api.model import LocalSR  # the command line only (the API's modules never import this one's main)
     train(LocalSR(device='cpu'), args.out, args.iters)
 
 

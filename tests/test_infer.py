@@ -43,7 +43,7 @@ def hr_image(tmp_path_factory):
 
 
 def run(capsys, *argv):
-    code = infer.main([str(a) for a in argv] + ['--quiet', '--device', 'cpu'])
+    code = infer.main([str(a) for a in argv] + ['--compare', '--quiet', '--device', 'cpu'])
     return code, capsys.readouterr()
 
 
@@ -156,7 +156,7 @@ def test_negative_box_after_a_space_gets_the_box_error_not_argparse(tmp_path, ca
 def test_methods_choice_and_the_summary(tmp_path, capsys, tiny_model, hr_image):
     opt, weights = tiny_model
     out = tmp_path / 'o'
-    code = infer.main([hr_image[0], '--degrade', '--roi', '2,3,12,10', '--methods', 'clsr,bicubic',
+    code = infer.main([hr_image[0], '--compare', '--degrade', '--roi', '2,3,12,10', '--methods', 'clsr,bicubic',
                        '--opt', opt, '--weights', weights, '--out', str(out), '--device', 'cpu'])
     cap = capsys.readouterr()
     assert code == 0, cap.err
@@ -203,9 +203,9 @@ def test_nothing_half_written_when_writing_fails(tmp_path, capsys, tiny_model, h
     def failing_figure(*a, **k):
         calls.append(1)
         raise OSError('disk full')
-    monkeypatch.setattr(infer, 'comparison_figure', failing_figure)
+    monkeypatch.setattr('clsr_arch.utils.figure.comparison_figure', failing_figure)
     with pytest.raises(OSError, match='disk full'):
-        infer.main([hr_image[0], '--degrade', '--roi', '2,3,12,10', '--opt', opt, '--weights', weights,
+        infer.main([hr_image[0], '--compare', '--degrade', '--roi', '2,3,12,10', '--opt', opt, '--weights', weights,
                     '--out', str(out), '--quiet', '--device', 'cpu'])
     assert calls and list(out.iterdir()) == []  # the ROI PNGs written before the failure are gone
 

@@ -175,7 +175,7 @@ def test_api_on_a_tiled_tiff_equals_the_api_on_the_png(model, zebra_tif):
 
 def test_clsr_infer_on_a_tiled_tiff(tmp_path, zebra_tif):
     out = str(tmp_path / 'out')
-    r = subprocess.run([sys.executable, '-m', 'clsr_arch.infer', zebra_tif, '--roi', '100,100,24,24',
+    r = subprocess.run([sys.executable, '-m', 'clsr_arch.infer', zebra_tif, '--compare', '--roi', '100,100,24,24',
                         '--methods', 'clsr,pre_crop', '--out', out, '--quiet', '--threads', '1'],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,34 @@
+"""The shipped models by name, and the command-line options that pick one.
+
+``SHIPPED`` and ``DEFAULT_MODEL`` are plain module-level constants (add a model here: a name,
+its weights and the YAML whose ``network_g`` builds them). A leaf module without torch, so that
+``clsr-infer --help`` can list the models without loading anything.
+"""
+import os
+import os.path as osp
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir, os.pardir))
+# the shipped models by name: (weights, the YAML whose network_g builds them); docs/results.md
+SHIPPED = {
+    'clsr-imdn': (osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'), osp.join(REPO, 'options', 'train', 'CLSR_IMDN_x4_ship.yml')),
+    'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
+                    osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')),
+}
+DEFAULT_MODEL = 'clsr-imdn'  # the best measured quality per GFLOP (docs/results.md)
+DEFAULT_WEIGHTS, DEFAULT_OPT = SHIPPED[DEFAULT_MODEL]
+OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
+
+
+def add_model_args(parser):
+    """``--model`` (a shipped model by name) and ``--weights``/``--opt`` (any checkpoint), for
+    the command-line tools; :func:`model_paths` resolves them."""
+    parser.add_argument('--model', choices=sorted(SHIPPED), default=DEFAULT_MODEL,
+                        help=f'shipped model (default {DEFAULT_MODEL}: the best quality per GFLOP in docs/results.md)')
+    parser.add_argument('--weights', help='a CLSR checkpoint instead of --model')
+    parser.add_argument('--opt', help="YAML whose network_g builds --weights' network (default: --model's)")
+
+
+def model_paths(args):
+    """(weights, opt) of ``add_model_args``'s options."""
+    weights, opt = SHIPPED[args.model]
+    return (args.weights or weights), (args.opt or opt)
