@@ -194,25 +194,25 @@ def _run_image(job, model, path, manifest, counts, errors, say):
             counts['skipped'] += len(set(files)) - len(todo)
             if not todo:
                 continue
-            run_boxes = [boxes[i] for i in todo]
             try:
-                if method == 'clsr' and job.plan:
-                    plan = image.plan(run_boxes)
+                if method == 'clsr' and job.plan:  # one plan for all the boxes, done or not: same pixels
+                    plan = image.plan(boxes)
                     if plan.mode == 'whole':
                         gf = plan.flops / 1e9
-                        say(f'{path}: {len(run_boxes)} boxes -> whole-image SR of the {image.hw[1]}x{image.hw[0]} '
+                        say(f'{path}: {len(todo)} boxes -> whole-image SR of the {image.hw[1]}x{image.hw[0]} '
                             f'LR image (the plan: cheaper than CLSR decodes for these boxes), {gf:.1f} GFLOPs, '
                             f'~{gf / model.gflops_per_second():.0f} s estimated')
-                outs = image.super_resolve(run_boxes, method=method, plan=job.plan)
+                outs = image.super_resolve(boxes, method=method, plan=job.plan, only=todo)
                 run = image.last_run
-                gflops = image.box_gflops(run_boxes, run)
+                gflops = image.box_gflops(boxes, run)
                 if run.get('route', '').startswith('whole'):
                     say(f'{path}: whole-image SR done in {run["seconds"]:.1f} s')
             except LocalSRError as err:
-                counts['failed'] += len(run_boxes)
-                errors.append(_error_line(path, None, f'{method}: {err} ({len(run_boxes)} boxes not run)'))
+                counts['failed'] += len(todo)
+                errors.append(_error_line(path, None, f'{method}: {err} ({len(todo)} boxes not run)'))
                 continue
-            for i, out, sec, gf in zip(todo, outs, run['box_seconds'], gflops):
+            for i in todo:
+                out, sec, gf = outs[i], run['box_seconds'][i], gflops[i]
                 atomic_write_image(files[i], out)
                 manifest.add({'image': path, 'box': list(boxes[i]), 'label': labels[i], 'file': files[i],
                               'method': method, 'route': run.get('route', method),

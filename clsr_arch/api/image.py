@@ -158,7 +158,7 @@ class Image:
             return None, None
 
     # --- local SR
-    def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None):
+    def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None, only=None):
         """SR of ``boxes`` (``[(x, y, w, h), ...]`` LR pixels, any sizes, may overlap).
 
         Args:
@@ -169,6 +169,9 @@ class Image:
                 boxes agree pixel for pixel); False decodes every box on its own, exactly as a
                 one-box call would (overlapping boxes may then differ slightly where they meet).
             pad: pre-crop only: LR pixels of real context (default: CLSR's ``roi_pad``).
+            only: indices of the boxes to run (default all); the others come back as None. A CLSR
+                plan is still made for all ``boxes``, so a box gets the pixels it gets in a run
+                of all of them (a resumed batch writes what an uninterrupted one writes).
         Returns the list of outputs, in the order of ``boxes``; ``self.last_run`` tells how.
         """
         self._check_open()
@@ -177,27 +180,39 @@ class Image:
         if output not in ('uint8', 'tensor'):
             raise LocalSRError(f"output {output!r}: expected 'uint8' or 'tensor'")
         boxes = normalise_boxes(boxes, self.hw)
+        n = len(boxes)
+        want = list(range(n)) if only is None else sorted({int(i) for i in only})
+        if any(i < 0 or i >= n for i in want):
+            raise LocalSRError(f'only: box indices must be in 0..{n - 1}, got {only!r}')
         self.model.cost  # built once per model (~0.5 s), not charged to the first call's time
         t0 = time.perf_counter()
-        info = {'method': method, 'boxes': len(boxes)}
+        info = {'method': method, 'boxes': len(want)}
+        sub = [boxes[i] for i in want]
         with torch.no_grad():
-            if method == 'clsr':
-                outs = self._clsr(boxes, plan, info)
+            if method == 'clsr' and plan:
+                outs = self._clsr(boxes, plan, info, want)  # planned with every box
+            elif method == 'clsr':
+                outs = self._clsr(sub, plan, info)  # each box on its own
             elif method == 'pre_crop':
-                outs = self._pre_crop(boxes, self.model.net.roi_pad if pad is None else int(pad), info)
+                outs = self._pre_crop(sub, self.model.net.roi_pad if pad is None else int(pad), info)
             elif method == 'post_crop':
-                outs = self._post_crop(boxes, info)
+                outs = self._post_crop(sub, info)
             else:
-                outs = self._bicubic(boxes, info)
+                outs = self._bicubic(sub, info)
         if self.model.device.type == 'cuda':
             torch.cuda.synchronize(self.model.device)
         info['seconds'] = time.perf_counter() - t0
         if 'box_seconds' not in info:  # whole-image SR: every box needed the whole run
-            info['box_seconds'] = [info['seconds']] * len(boxes)
+            info['box_seconds'] = [info['seconds']] * len(sub)
+        if len(outs) != n:  # back to the positions of boxes
+            full, secs = [None] * n, [0.] * n
+            for i, o, sec in zip(want, outs, info['box_seconds']):
+                full[i], secs[i] = o, sec
+            outs, info['box_seconds'] = full, secs
         self.last_run = info
         if output == 'tensor':
-            return [o.float().cpu() for o in outs]
-        return [to_uint8(o) for o in outs]
+            return [None if o is None else o.float().cpu() for o in outs]
+        return [None if o is None else to_uint8(o) for o in outs]
 
     def box_gflops(self, boxes, run=None):
         """GFLOPs of each box in a run of :meth:`super_resolve` (default: the last), each its own:
@@ -295,8 +310,11 @@ class Image:
         p.context = mode
         return p
 
-    def _clsr(self, boxes, plan, info):
+    def _clsr(self, boxes, plan, info, want=None):
+        """CLSR of ``boxes``; with ``plan``, only the pieces the boxes ``want`` (indices; default
+        all) need are decoded, and the outputs are those of ``want``, in its order."""
         m = self.model
+        want = list(range(len(boxes))) if want is None else want
         if plan:
             mode, context = self.context_choice(boxes)
             tile, whole = self._whole_option()
@@ -306,7 +324,7 @@ class Image:
             info['gflops'] = p.flops / 1e9
             if p.mode == 'whole':
                 info['route'] = 'whole-image SR (plain backbone: cheaper than CLSR for these boxes)'
-                return self._whole(m.net.base, boxes, info, tile)
+                return self._whole(m.net.base, [boxes[i] for i in want], info, tile)
             pieces = p.pieces
             info['context'] = mode
             if mode == 'whole':
@@ -323,7 +341,12 @@ class Image:
         info['route'] = 'clsr'
         piece_boxes = [(p.x, p.y, p.w, p.h) for p in pieces]
         outputs, seconds = [None] * len(pieces), [0.] * len(pieces)
-        groups = _by_size(piece_boxes)
+        # the pieces that cover a wanted box (compositing reads every piece over it)
+        needed = [k for k, (x, y, w, h) in enumerate(piece_boxes)
+                  if any(x < bx + bw and bx < x + w and y < by + bh and by < y + h
+                         for bx, by, bw, bh in (boxes[i] for i in want))]
+        groups = _by_size([piece_boxes[k] for k in needed])
+        groups = {size: [needed[j] for j in idx] for size, idx in groups.items()}
         bar = tqdm(total=len(pieces), desc='CLSR decodes', unit='roi', disable=not m.progress or len(pieces) < 8)
         for (w, h), idx in groups.items():
             ph, pw = m.cost.padded_size(h, w, self.hw)
@@ -348,10 +371,10 @@ class Image:
         for p, sec in zip(pieces, seconds):
             for i in p.boxes:
                 box_seconds[i] += sec / len(p.boxes)
-        info['box_seconds'] = box_seconds
+        info['box_seconds'] = [box_seconds[i] for i in want]
         if not plan or (len(pieces) == len(boxes) and not _overlapping(boxes)):
-            return outputs  # one piece per box, in box order (plan=False: no merging, no compositing)
-        return [composite(b, pieces, outputs, m.scale, self.hw) for b in boxes]
+            return [outputs[i] for i in want]  # one piece per box, in box order (no merging, no compositing)
+        return [composite(boxes[i], pieces, outputs, m.scale, self.hw) for i in want]
 
 def roi_ops_padded(h, w, pad, multiple):
     """``(h', w')`` of a box padded by ``pad`` and to the size multiple (pre-crop's input)."""

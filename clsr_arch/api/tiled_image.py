@@ -138,17 +138,17 @@ class TiledImage(Image):
         tile = m.whole_tile(self.hw, boxes) or max(WHOLE_TILES[-1], min(WHOLE_TILES[0], max(self.hw)))
         return self._whole(m.base, boxes, info, tile)
 
-    def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None):
+    def super_resolve(self, boxes, method='clsr', output='uint8', plan=True, pad=None, only=None):
         try:
-            return super().super_resolve(boxes, method, output, plan, pad)
+            return super().super_resolve(boxes, method, output, plan, pad, only)
         except DataError as err:  # a damaged tile found while reading
             raise LocalSRError(str(err)) from None
 
-    def _clsr(self, boxes, plan, info):
+    def _clsr(self, boxes, plan, info, want=None):
         self.encode()
         pim = self.state.get('pim')
         before = (pim.computed, pim.pim_pixels) if pim is not None else (0, 0)
-        outs = super()._clsr(boxes, plan, info)
+        outs = super()._clsr(boxes, plan, info, want)
         if pim is not None:  # the PIM tiles this call computed are its share of the context pass
             info['pim_tiles'] = pim.computed - before[0]
             info['gflops'] += self.model.cost.pim(pim.pim_pixels - before[1]) / 1e9
