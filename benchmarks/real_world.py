@@ -1,28 +1,32 @@
-"""Real-world LocalSR on degraded test sets (issue 21, item 4): every row over the same ROIs.
+"""Real-world LocalSR on degraded test sets (issue 21, items 4 and 6): every row over the same ROIs.
 
-Rows: bicubic; today's default (CLSR-IMDN, bicubic-trained); the real base (IMDN fine-tuned on
-Real-ESRGAN degradations) pre-cropped with 0/2/4/12 LR pixels of real context and post-cropped;
-CLSR-IMDN-real. Sets: Set5/Set14/BSD100 degraded four ways by ``data/make_degraded_sets.py``
-(Real-ESRGAN second order, JPEG q30, noise sigma 10, blur sigma 1.6), 24x24 and 48x48 ROI grids,
-the whole LR image as context (the paper's protocol, Sec. 4.1).
+Suite ``real`` (default). Rows: bicubic; today's default (CLSR-IMDN, bicubic-trained); the real
+base (IMDN fine-tuned on Real-ESRGAN degradations) pre-cropped with 0/2/4/12 LR pixels of real
+context and post-cropped; CLSR-IMDN-real. Sets: Set5/Set14/BSD100 degraded four ways by
+``data/make_degraded_sets.py`` (Real-ESRGAN second order, JPEG q30, noise sigma 10, blur sigma
+1.6), 24x24 and 48x48 ROI grids, the whole LR image as context (the paper's protocol, Sec. 4.1).
+
+Suite ``bicubic`` (item 6): the bicubic models retrained on the 497 images against the shipped
+ones (issue 13) and pre-crop of their official bases with 2 and 4 px of context, on the clean
+MATLAB-bicubic LR of the same test sets.
 
 Each row runs through BasicSR's test runner (``clsr_arch/test.py`` on a generated YAML, kept
 under ``results/real_world/opts/``), which writes every ROI's PSNR/SSIM (RGB and Y, no border
-crop) to ``results/<row>/rois_<set>.csv``; rows already run are reused (``--force`` reruns).
-The table compares rows over the ROIs they share (an infinite PSNR in any row drops the ROI
-from all, counted), with per-ROI wins of CLSR-IMDN-real (PSNR-Y) and GFLOPs per ROI from
-:func:`clsr_arch.utils.flops.localsr_flops`. It is written into ``docs/results.md`` between
-the ``real-world`` markers and printed.
+crop) to ``results/real_world_<row>/rois_<set>.csv``; rows already run are reused (``--force``
+reruns). The tables compare rows over the ROIs they share (an infinite PSNR in any row drops
+the ROI from all, counted), with per-ROI wins (PSNR-Y) of the suite's model and GFLOPs per ROI
+from :func:`clsr_arch.utils.flops.localsr_flops`. They are written into ``docs/results.md``
+in the suite's marked section (``common.write_section``) and printed.
 
     bash data/prepare_real_data.sh
-    .venv/bin/python benchmarks/real_world.py            # ~30 min on 2 CPU cores
+    .venv/bin/python benchmarks/real_world.py                  # ~30 min on 2 CPU cores
+    .venv/bin/python benchmarks/real_world.py --suite bicubic  # ~15 min
 """
 import argparse
 import csv
 import math
 import os
 import os.path as osp
-import re
 import subprocess
 import sys
 import time
@@ -32,14 +36,14 @@ import yaml
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from common import write_section  # noqa: E402  (benchmarks/common.py)
 
 SETS = ('Set5', 'Set14', 'BSD100')
-KINDS = (('realesrgan', 'Real-ESRGAN 2nd order'), ('jpeg30', 'bicubic + JPEG q30'),
-         ('noise10', 'bicubic + noise σ=10'), ('blur1.6', 'blur σ=1.6 + bicubic'))
 ROIS = (24, 48)
 PADS = (0, 2, 4, 12)
 METRICS = ('psnr', 'ssim', 'psnr_y', 'ssim_y')
-BEGIN, END = '<!-- real-world:begin -->', '<!-- real-world:end -->'
+W = osp.join(REPO, 'weights')
 
 
 def _net(yml):
@@ -48,28 +52,60 @@ def _net(yml):
     return {k: v for k, v in net.items() if k != 'pretrain_backbone'}
 
 
-def rows(args):
-    """(row id, label, network_g, weights, val options) of every row."""
+def real_suite(args):
+    """(kinds, rows, the suite's model row, reference rows of the summary)."""
     default = _net('options/train/CLSR_IMDN_x4_ship.yml')
     real = _net('options/train/CLSR_IMDN_real_x4.yml')
     base = real['backbone']
-    out = [('bicubic', 'bicubic (each ROI alone)', base, None, {'mode': 'bicubic'}),
-           ('default', "today's default: CLSR-IMDN (bicubic-trained)", default, args.default_weights, {'mode': 'clsr'})]
+    rows = [('bicubic', 'bicubic (each ROI alone)', base, None, {'mode': 'bicubic'}),
+            ('default', "today's default: CLSR-IMDN (bicubic-trained)", default, args.default_weights,
+             {'mode': 'clsr'})]
     for p in PADS:
-        out.append((f'base_pad{p}', f'real base pre-crop, {p} px of context', base, args.base_weights,
-                    {'mode': 'pre_crop', 'pre_crop_pad': p}))
-    out.append(('base_post', 'real base post-crop (whole image)', base, args.base_weights, {'mode': 'post_crop'}))
-    out.append(('clsr_real', '**CLSR-IMDN-real**', real, args.clsr_weights, {'mode': 'clsr'}))
-    return out
+        rows.append((f'base_pad{p}', f'real base pre-crop, {p} px of context', base, args.base_weights,
+                     {'mode': 'pre_crop', 'pre_crop_pad': p}))
+    rows.append(('base_post', 'real base post-crop (whole image)', base, args.base_weights, {'mode': 'post_crop'}))
+    rows.append(('clsr_real', '**CLSR-IMDN-real**', real, args.clsr_weights, {'mode': 'clsr'}))
+    kinds = (('realesrgan', 'Real-ESRGAN 2nd order'), ('jpeg30', 'bicubic + JPEG q30'),
+             ('noise10', 'bicubic + noise σ=10'), ('blur1.6', 'blur σ=1.6 + bicubic'))
+    refs = (('default', "today's default"), ('base_pad4', 'real base pad 4'), ('base_post', 'real base post-crop'),
+            ('bicubic', 'bicubic'))
+    return kinds, rows, {'clsr_real': refs}
+
+
+def bicubic_suite(args):
+    """Per bicubic model: its official base padded 2/4 and post-crop (the shipped CLSR's frozen
+    base is the official network bit for bit), the shipped CLSR and the one retrained on 497 images."""
+    rows = [('bicubic', 'bicubic (each ROI alone)', _net('options/train/CLSR_IMDN_x4_ship.yml')['backbone'], None,
+             {'mode': 'bicubic'})]
+    targets = {}
+    for model, label in (('IMDN', 'IMDN'), ('CARN_M', 'CARN-M')):
+        ship, key = _net(f'options/train/CLSR_{model}_x4_ship.yml'), model.lower()
+        shipped = osp.join(W, f'CLSR_{model}_x4.pth')
+        for p in (2, 4):
+            rows.append((f'{key}_pad{p}', f'{label} pre-crop, {p} px of context', ship, shipped,
+                         {'mode': 'pre_crop', 'pre_crop_pad': p}))
+        rows.append((f'{key}_post', f'{label} post-crop (whole image)', ship, shipped, {'mode': 'post_crop'}))
+        rows.append((f'{key}_ship', f'CLSR-{label} shipped before (4 images, issue 13)', ship, shipped,
+                     {'mode': 'clsr'}))
+        rows.append((f'{key}_497', f'**CLSR-{label} retrained (497 images)**', ship,
+                     getattr(args, f'{key}_497'), {'mode': 'clsr'}))
+        targets[f'{key}_497'] = ((f'{key}_pad2', f'{label} pad 2'), (f'{key}_pad4', f'{label} pad 4'),
+                                 (f'{key}_post', f'{label} post-crop'), (f'{key}_ship', f'CLSR-{label} before'))
+    return (('bicubic', 'clean bicubic'),), rows, targets
+
+
+SUITES = {'real': (real_suite, 'real-world', 'Real-world models on degraded test sets (issue 21)'),
+          'bicubic': (bicubic_suite, 'bicubic-497',
+                      'Bicubic models retrained on the 497 training images (issue 21, item 6)')}
 
 
 def dataset_name(set_name, kind, roi):
     return f'{set_name}_{kind}_roi{roi}'
 
 
-def test_options(row, net, weights, val, data_root):
+def test_options(row, net, weights, val, data_root, kinds):
     datasets = {}
-    for i, (s, (kind, _), roi) in enumerate((s, k, r) for s in SETS for k in KINDS for r in ROIS):
+    for i, (s, (kind, _), roi) in enumerate((s, k, r) for s in SETS for k in kinds for r in ROIS):
         datasets[f'test_{i}'] = {
             'name': dataset_name(s, kind, roi), 'type': 'ContextROIDataset',
             'dataroot_gt': osp.join(data_root, s, 'HR'), 'dataroot_lq': osp.join(data_root, s, kind, 'X4'),
@@ -94,8 +130,12 @@ def run_row(row, opt, results_root, force):
         yaml.safe_dump(opt, f, sort_keys=False)
     t0 = time.time()
     env = dict(os.environ, CLSR_ROOT=osp.dirname(results_root))
-    subprocess.run([sys.executable, osp.join(REPO, 'clsr_arch', 'test.py'), '-opt', path], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    log = osp.join(opt_dir, f'{row}.log')
+    with open(log, 'w') as f:  # BasicSR's runner logs every dataset and the network: keep it out of the table
+        r = subprocess.run([sys.executable, osp.join(REPO, 'clsr_arch', 'test.py'), '-opt', path], env=env,
+                           stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise SystemExit(f'real_world: row {row} failed (exit {r.returncode}); its log: {log}')
     return f'{time.time() - t0:.0f} s'
 
 
@@ -105,7 +145,7 @@ def load_rois(results_root, row, dataset):
         return {(r['image'], int(r['roi'])): {m: float(r[m]) for m in METRICS} for r in csv.DictReader(f)}
 
 
-def gflops_per_roi(data_root, set_name, kind, roi, row_nets):
+def gflops_per_roi(data_root, set_name, kind, roi, rows):
     """Mean GFLOPs to restore one ROI alone, over the set's grid-cropped LR sizes."""
     from clsr_arch.api import bicubic_flops
     from clsr_arch.data.image_io import image_size, list_images
@@ -116,109 +156,119 @@ def gflops_per_roi(data_root, set_name, kind, roi, row_nets):
         h, w = image_size(osp.join(lr, n))
         sizes.append(((h - roi) // roi * roi + roi, (w - roi) // roi * roi + roi))
     out = {}
-    for row, net, val in row_nets:
+    for row, _, net, _, val in rows:
         mode = val['mode']
+        plain = net['backbone'] if net.get('type') == 'CLSR' else net
         if mode == 'bicubic':
             out[row] = bicubic_flops(roi, roi, 4) / 1e9
         elif mode == 'pre_crop':
             side = roi + 2 * val['pre_crop_pad']
-            out[row] = localsr_flops(net, (side, side), (side, side), strategies=('pre_crop',))['pre_crop']
+            out[row] = localsr_flops(plain, (side, side), (side, side), strategies=('pre_crop',))['pre_crop']
+        elif mode == 'post_crop':
+            out[row] = float(np.mean([localsr_flops(plain, hw, (roi, roi), strategies=('post_crop',))['post_crop']
+                                      for hw in sizes]))
         else:
-            key = 'post_crop' if mode == 'post_crop' else 'clsr'
-            out[row] = float(np.mean([localsr_flops(net, hw, (roi, roi), strategies=(key,))[key] for hw in sizes]))
+            out[row] = float(np.mean([localsr_flops(net, hw, (roi, roi), strategies=('clsr',))['clsr']
+                                      for hw in sizes]))
     return out
 
 
-def table(results_root, data_root, row_defs):
-    """Markdown: a summary of CLSR-IMDN-real's margins, then one table per degraded set and ROI size."""
-    row_nets = [(r, net, val) for r, _, net, _, val in row_defs]
-    summary, parts = [], []
+def tables(results_root, data_root, kinds, rows, targets):
+    """Markdown: per target model a summary of its margins, then one table per set / kind / ROI."""
+    labels = {r: label for r, label, *_ in rows}
+    margins = {t: [] for t in targets}  # (set, kind label, roi, {ref: delta}, {ref: wins}, n, flops)
+    parts = []
     for s in SETS:
-        for kind, kind_label in KINDS:
+        for kind, kind_label in kinds:
             for roi in ROIS:
                 d = dataset_name(s, kind, roi)
-                data = {r: load_rois(results_root, r, d) for r, *_ in row_defs}
+                data = {r: load_rois(results_root, r, d) for r, *_ in rows}
                 keys = set.intersection(*(set(v) for v in data.values()))
                 finite = sorted(k for k in keys if all(math.isfinite(v[k][m]) for v in data.values()
                                                         for m in ('psnr', 'psnr_y')))
                 dropped = len(keys) - len(finite)
                 means = {r: {m: float(np.mean([data[r][k][m] for k in finite])) for m in METRICS} for r in data}
-                wins = {r: sum(data['clsr_real'][k]['psnr_y'] > data[r][k]['psnr_y'] for k in finite) for r in data}
-                flops = gflops_per_roi(data_root, s, kind, roi, row_nets)
+                flops = gflops_per_roi(data_root, s, kind, roi, rows)
+                wins = {t: {r: sum(data[t][k]['psnr_y'] > data[r][k]['psnr_y'] for k in finite) for r in data}
+                        for t in targets}
+                win_cols = ' | '.join(f'{labels[t]} better' for t in targets)
                 parts.append(f'\n#### {s}, {kind_label}, {roi}x{roi} ROIs — {len(finite)} ROIs'
                              + (f' ({dropped} dropped: infinite PSNR in some row)' if dropped else '') + '\n')
-                parts.append('| method | PSNR-Y | SSIM-Y | PSNR RGB | SSIM RGB | GFLOPs / ROI | CLSR-real better (PSNR-Y) |')
-                parts.append('|---|---:|---:|---:|---:|---:|---:|')
-                for r, label, *_ in row_defs:
+                parts.append(f'| method | PSNR-Y | SSIM-Y | PSNR RGB | SSIM RGB | GFLOPs / ROI | {win_cols} |')
+                parts.append('|---|---:|---:|---:|---:|---:|' + '---:|' * len(targets))
+                for r, label, *_ in rows:
                     m = means[r]
-                    win = '' if r == 'clsr_real' else f'{wins[r]} / {len(finite)}'
+                    w = ' | '.join('' if r == t else f'{wins[t][r]} / {len(finite)}' for t in targets)
                     parts.append(f'| {label} | {m["psnr_y"]:.3f} | {m["ssim_y"]:.4f} | {m["psnr"]:.3f} | '
-                                 f'{m["ssim"]:.4f} | {flops[r]:.3g} | {win} |')
-                c = means['clsr_real']['psnr_y']
-                summary.append((s, kind_label, roi, c - means['default']['psnr_y'], c - means['base_pad4']['psnr_y'],
-                                c - means['base_post']['psnr_y'], c - means['bicubic']['psnr_y'],
-                                flops['clsr_real'], flops['base_pad4'], flops['base_post'],
-                                wins['base_pad4'], len(finite)))
-    head = ['\n### CLSR-IMDN-real minus each row (PSNR-Y, dB, over the same ROIs)\n',
-            '| set | degradation | ROI | vs today\'s default | vs real base pad 4 | vs real base post-crop | '
-            'vs bicubic | GFLOPs CLSR / pad 4 / post | ROIs CLSR wins vs pad 4 |',
-            '|---|---|---:|---:|---:|---:|---:|---|---:|']
-    for s, k, roi, dd, dp, dpo, db, fc, fp, fpo, w, n in summary:
-        head.append(f'| {s} | {k} | {roi} | {dd:+.3f} | {dp:+.3f} | {dpo:+.3f} | {db:+.3f} | '
-                    f'{fc:.3g} / {fp:.3g} / {fpo:.3g} | {w} / {n} |')
-    per_kind = []
-    for kind, kind_label in KINDS:
-        sel = [x for x in summary if x[1] == kind_label]
-        per_kind.append(f'| {kind_label} | {np.mean([x[3] for x in sel]):+.3f} | {np.mean([x[4] for x in sel]):+.3f} | '
-                        f'{np.mean([x[5] for x in sel]):+.3f} |')
-    head += ['\n**Averaged over sets and ROI sizes** (each set/ROI-size cell weighted equally):\n',
-             '| degradation | vs today\'s default | vs real base pad 4 | vs real base post-crop |', '|---|---:|---:|---:|']
-    head += per_kind
-    head.append(f'| **all degraded sets** | {np.mean([x[3] for x in summary]):+.3f} | '
-                f'{np.mean([x[4] for x in summary]):+.3f} | {np.mean([x[5] for x in summary]):+.3f} |')
+                                 f'{m["ssim"]:.4f} | {flops[r]:.3g} | {w} |')
+                for t, refs in targets.items():
+                    margins[t].append((s, kind_label, roi,
+                                       {r: means[t]['psnr_y'] - means[r]['psnr_y'] for r, _ in refs},
+                                       {r: wins[t][r] for r, _ in refs}, len(finite),
+                                       {r: flops[r] for r in [t] + [x for x, _ in refs]}))
+    head = []
+    for t, refs in targets.items():
+        head += [f'\n### {labels[t]} minus each row (PSNR-Y, dB, over the same ROIs; positive = better)\n',
+                 '| set | LR | ROI | ' + ' | '.join(f'vs {lab}' for _, lab in refs)
+                 + ' | GFLOPs / ROI: it / ' + ' / '.join(lab for _, lab in refs) + ' | ROIs it wins vs '
+                 + refs[1][1] + ' |',
+                 '|---|---|---:|' + '---:|' * len(refs) + '---|---:|']
+        for s, kl, roi, dl, wn, n, fl in margins[t]:
+            head.append(f'| {s} | {kl} | {roi} | ' + ' | '.join(f'{dl[r]:+.3f}' for r, _ in refs) + ' | '
+                        + ' / '.join(f'{fl[x]:.3g}' for x in [t] + [r for r, _ in refs])
+                        + f' | {wn[refs[1][0]]} / {n} |')
+        head += ['\nAveraged over sets and ROI sizes (each set / ROI-size cell weighted equally):\n',
+                 '| LR | ' + ' | '.join(f'vs {lab}' for _, lab in refs) + ' |', '|---|' + '---:|' * len(refs)]
+        for _, kl in kinds:
+            sel = [x for x in margins[t] if x[1] == kl]
+            head.append(f'| {kl} | ' + ' | '.join(f'{np.mean([x[3][r] for x in sel]):+.3f}' for r, _ in refs) + ' |')
+        if len(kinds) > 1:
+            head.append('| **all** | ' + ' | '.join(f'{np.mean([x[3][r] for x in margins[t]]):+.3f}' for r, _ in refs)
+                        + ' |')
     return '\n'.join(head) + '\n' + '\n'.join(parts) + '\n'
-
-
-def write_into(doc, block):
-    """Replace the marked block of ``doc`` (or append it) with ``block``."""
-    text = open(doc).read() if osp.isfile(doc) else ''
-    new = f'{BEGIN}\n{block.strip()}\n{END}'
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: new, text, flags=re.S)
-    else:
-        text = text.rstrip() + '\n\n' + new + '\n'
-    tmp = doc + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, doc)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--suite', choices=sorted(SUITES), default='real')
     p.add_argument('--data', default=osp.join(REPO, 'datasets', 'real'))
     p.add_argument('--results', default=osp.join(REPO, 'results'))
-    p.add_argument('--default-weights', default=osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'))
-    p.add_argument('--base-weights', default=osp.join(REPO, 'weights', 'IMDN_real_x4.pth'))
-    p.add_argument('--clsr-weights', default=osp.join(REPO, 'weights', 'CLSR_IMDN_real_x4.pth'))
+    p.add_argument('--default-weights', default=osp.join(W, 'CLSR_IMDN_x4.pth'))
+    p.add_argument('--base-weights', default=osp.join(W, 'IMDN_real_x4.pth'))
+    p.add_argument('--clsr-weights', default=osp.join(W, 'CLSR_IMDN_real_x4.pth'))
+    p.add_argument('--imdn-497', default=osp.join(REPO, 'results', 'candidates', 'CLSR_IMDN_x4_bicubic497.pth'),
+                   help='the retrained CLSR-IMDN (bicubic suite)')
+    p.add_argument('--carn_m-497', dest='carn_m_497',
+                   default=osp.join(REPO, 'results', 'candidates', 'CLSR_CARN_M_x4_bicubic497.pth'))
     p.add_argument('--doc', default=osp.join(REPO, 'docs', 'results.md'))
     p.add_argument('--force', action='store_true', help='rerun rows whose CSVs exist')
+    p.add_argument('--rows', help='comma-separated row ids: run only these, write no table')
     args = p.parse_args(argv)
+    make_suite, marker, title = SUITES[args.suite]
+    kinds, rows, targets = make_suite(args)
+    if args.rows:
+        wanted = args.rows.split(',')
+        unknown = sorted(set(wanted) - {r[0] for r in rows})
+        if unknown:
+            raise SystemExit(f'real_world: unknown row(s) {unknown}; rows: {", ".join(r[0] for r in rows)}')
+        rows = [r for r in rows if r[0] in wanted]
     for s in SETS:
-        for kind, _ in KINDS:
+        for kind, _ in kinds:
             if not osp.isdir(osp.join(args.data, s, kind)):
                 raise SystemExit(f'real_world: {osp.join(args.data, s, kind)} missing: run bash data/prepare_real_data.sh')
-    for w in (args.default_weights, args.base_weights, args.clsr_weights):
-        if not osp.isfile(w):
-            raise SystemExit(f'real_world: weights {w} missing')
-    row_defs = rows(args)
-    for row, label, net, weights, val in row_defs:
-        status = run_row(row, test_options(row, net, weights, val, args.data), args.results, args.force)
-        print(f'{row:10s} {status}', flush=True)
+    for _, _, _, weights, _ in rows:
+        if weights and not osp.isfile(weights):
+            raise SystemExit(f'real_world: weights {weights} missing')
+    for row, label, net, weights, val in rows:
+        status = run_row(row, test_options(row, net, weights, val, args.data, kinds), args.results, args.force)
+        print(f'{row:12s} {status}', flush=True)
+    if args.rows:
+        return
     import clsr_arch  # noqa: F401  (compat + registries for the FLOPs model)
-    block = ('## Real-world models on degraded test sets (issue 21)\n\n'
-             'Made by `benchmarks/real_world.py` (its docstring has the protocol; data: '
-             '`bash data/prepare_real_data.sh`, seed 0).\n' + table(args.results, args.data, row_defs))
-    write_into(args.doc, block)
+    block = (f'## {title}\n\nMade by `benchmarks/real_world.py --suite {args.suite}` (its docstring has the '
+             'protocol; data: `bash data/prepare_real_data.sh`, seed 0).\n'
+             + tables(args.results, args.data, kinds, rows, targets))
+    write_section(args.doc, marker, block)
     print(block)
 
 

@@ -96,6 +96,22 @@ def test_degrader_runs_on_the_inputs_device_and_checks_sizes():
         assert lq_cuda.device.type == 'cuda'
 
 
+def test_blur_only_share_is_blur_then_bicubic_without_noise():
+    """blur_only_prob: those samples are exactly filter2D(gt, kernel1) then MATLAB bicubic, 8-bit."""
+    from basicsr.utils.img_process_util import filter2D
+    from basicsr.utils.matlab_functions import imresize
+    deg = Degrader({'blur_only_prob': 1.0}, SCALE)
+    seed_all(0)
+    kernels = {k: torch.stack([v, v]) for k, v in sample_kernels(deg.opt).items()}
+    gt = hr_batch()
+    lq, params = deg(gt, kernels)
+    ref = torch.stack([imresize(b, 1 / SCALE) for b in filter2D(gt, kernels['kernel1']).clamp(0, 1)]).clamp(0, 1)
+    assert torch.equal(lq, (ref * 255).round() / 255)
+    assert all(p['blur_only'] for p in params)
+    with pytest.raises(ValueError, match='blur_only_prob'):
+        check_options({'blur_only_prob': 1.5})
+
+
 def test_degradation_options_are_checked():
     with pytest.raises(ValueError, match="unknown key.*jpeg_rnage"):
         check_options({'jpeg_rnage': [30, 95]})

@@ -53,6 +53,9 @@ DEFAULTS = {
     'second_blur_prob': 0.8, 'resize_prob2': [0.3, 0.4, 0.3], 'resize_range2': [0.3, 1.2],
     'gaussian_noise_prob2': 0.5, 'noise_range2': [1, 25], 'poisson_scale_range2': [0.05, 2.5],
     'gray_noise_prob2': 0.4, 'jpeg_range2': [30, 95],
+    # ours, default off (Real-ESRGAN has no such path): the share of samples degraded by the
+    # first-order blur kernel and MATLAB bicubic x1/s only -- no noise, no JPEG (see Degrader)
+    'blur_only_prob': 0.0,
 }
 _KERNEL_RANGE = [2 * v + 1 for v in range(3, 11)]  # 7..21, hard-coded in RealESRGANDataset too
 _MODES = ['area', 'bilinear', 'bicubic']
@@ -82,6 +85,8 @@ def check_options(opt, where='degradation'):
         if len(out[key]) != 3 or min(out[key]) < 0 or sum(out[key]) <= 0:
             raise ValueError(f'option {where}.{key}: expected three non-negative [up, down, keep] weights, '
                              f'got {out[key]!r}')
+    if not 0 <= out['blur_only_prob'] <= 1:
+        raise ValueError(f'option {where}.blur_only_prob: expected a probability in [0, 1], got {out["blur_only_prob"]!r}')
     for key in ('jpeg_range', 'jpeg_range2'):
         lo, hi = out[key]
         if not 1 <= lo <= hi <= 100:
@@ -235,4 +240,18 @@ class Degrader:
             lq = torch.stack([imresize(g.cpu(), 1 / self.scale) for g in gt]).clamp_(0, 1)
             return (lq * 255.).round_().div_(255.).to(dev), [{'resize': 'matlab_bicubic'}] * gt.size(0)
         k = [kernels[n].to(dev) for n in ('kernel1', 'kernel2', 'sinc_kernel')]
-        return second_order(gt, *k, self.opt, self.scale, self.jpeger(dev))
+        lq, params = second_order(gt, *k, self.opt, self.scale, self.jpeger(dev))
+        if self.opt['blur_only_prob'] > 0:
+            # Real-ESRGAN's pipeline always adds noise and JPEG, so a network trained on it alone
+            # smooths clean-but-soft photos as if they were noisy (measured: -0.6 dB on blur
+            # sigma 1.6 + bicubic). This share of samples gets the same first-order blur kernel
+            # and a plain bicubic x1/s instead, as a blurry but clean camera image would.
+            only = [i for i in range(gt.size(0)) if np.random.uniform() < self.opt['blur_only_prob']]
+            if only:
+                blurred = filter2D(gt[only], k[0][only]).clamp_(0, 1).cpu()
+                small = torch.stack([imresize(b, 1 / self.scale) for b in blurred]).clamp_(0, 1)
+                lq = lq.clone()
+                lq[only] = (small * 255.).round_().div_(255.).to(dev)
+                for i in only:
+                    params[i] = {'blur_only': True, 'blur1_sigma': params[i]['blur1_sigma'], 'resize': 'matlab_bicubic'}
+        return lq, params
