@@ -306,3 +306,16 @@ def test_only_some_boxes_get_the_pixels_of_a_run_of_all(tiny_model):
             assert np.array_equal(part[i], every[i])
     with model.open(img) as image, pytest.raises(api.LocalSRError, match=r'only: box indices must be in 0..3'):
         image.super_resolve(boxes, only=[4])
+
+
+def test_batch_benchmark_quick_writes_its_table(tmp_path):
+    sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+    import batch as batch_bench
+    out = tmp_path / 'b.md'
+    results = batch_bench.main(['--quick', '--configs', '1x1', '--out', str(out)])
+    assert [(r['method'], r['what'], r['boxes']) for r in results] == [
+        ('clsr', 'all 6 images', 30), ('clsr', '2K frames', 10), ('post_crop', '2K frames', 5)]
+    text = out.read_text()
+    assert '<!-- BEGIN batch -->' in text and '| CLSR | 2K frames | 1 x 1 | 2 | 10 |' in text
+    assert 'CLSR, peak RSS after' in text and 'on the 2K frames: **' in text
+    assert results[0]['contexts'] == ['roi-local', 'whole']  # 2K frames: around the boxes; small: the frame

@@ -128,6 +128,7 @@ def run_batch(job, model, ranks, say=print, progress=None):
     counts = {'done': 0, 'skipped': 0, 'failed': 0}
     errors = [] if ranks.rank else [_error_line(*p) for p in job.problems]
     counts['failed'] += 0 if ranks.rank else len(job.problems)
+    model.prepare()
     t0, busy = time.perf_counter(), 0.
     with Manifest(job.out, ranks.rank) as manifest:
         for k, path in enumerate(mine):
@@ -216,7 +217,8 @@ def _run_image(job, model, path, manifest, counts, errors, say):
                 atomic_write_image(files[i], out)
                 manifest.add({'image': path, 'box': list(boxes[i]), 'label': labels[i], 'file': files[i],
                               'method': method, 'route': run.get('route', method),
-                              'context': run.get('context'), 'seconds': sec, 'gflops': gf})
+                              'context': run.get('context'), 'seconds': sec, 'gflops': gf,
+                              'peak_rss_bytes': peak_rss_bytes()})  # so far: flat over the images or not
                 counts['done'] += 1
 
 

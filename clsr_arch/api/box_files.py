@@ -131,8 +131,9 @@ def _fmt(box):
 
 def match_images(boxes, inputs, boxes_path):
     """``({input path: [Box]}, problems)``: every image name of a boxes file matched to an input
-    path -- the same path, a path relative to the boxes file's folder, or a unique file name;
-    names that match no input are problems (``(name, message)``)."""
+    path -- the same path, a path relative to the boxes file's folder, or a unique file name.
+    A name that matches no input is left out when the file exists (the inputs are a selection),
+    and a problem (``(name, message)``) when it does not."""
     by_path = {osp.normpath(osp.abspath(p)): p for p in inputs}
     by_name = {}
     for p in inputs:
@@ -145,9 +146,8 @@ def match_images(boxes, inputs, boxes_path):
         if hit is None and len(by_name.get(osp.basename(name), [])) == 1:
             hit = by_name[osp.basename(name)][0]
         if hit is None:
-            where = osp.join(base, name) if not osp.isabs(name) else name
-            why = 'no such file' if not osp.exists(where) else 'not among the input images'
-            problems.append((name, f'image {name!r} named in {bs[0].source} ({len(bs)} boxes): {why}'))
+            if not any(osp.exists(c) for c in cands):  # an image that exists but was not asked for is left out
+                problems.append((name, f'image {name!r} named in {bs[0].source} ({len(bs)} boxes): no such file'))
             continue
         out.setdefault(hit, []).extend(bs)
     return out, problems

@@ -21,6 +21,7 @@ SAFETY = 1.5          # estimated tensor bytes x this <= budget (allocator slack
 CONTEXT_TILES = (1024, 512, 256, 128, 64)  # tried largest first for the tiled context pass
 WHOLE_TILES = (2048, 1024, 512, 256, 128, 64, 32)  # tried largest first for tiled whole-image SR
 MAX_BATCH = 64        # ROIs per decode call
+BOUND_SIDE = 1024     # every image up to this side is priced by this square (an upper bound), once
 
 
 class MemoryBudgets:
@@ -46,9 +47,20 @@ class MemoryBudgets:
     def context_bytes(self, hw):
         """Estimated peak bytes of the untiled context pass over an ``hw`` LR image."""
         net = self._meta_nets()[0]
-        return self._memo(('context', tuple(hw)), lambda: linear_peak(
-            lambda h, w: peak_bytes(net.encode_context, torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta')),
-            hw))
+
+        def count(h, w):  # each size counted once (the fit's probes serve every large image)
+            return self._memo(('context-at', h, w), lambda: peak_bytes(
+                net.encode_context, torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta')))
+        return self._memo(('context', tuple(hw)), lambda: linear_peak(count, hw))
+
+    def _fits_bounded(self, kind, hw):
+        """Whether an untiled pass (``kind`` 'context' or 'whole') surely fits: ``hw`` within the
+        ``BOUND_SIDE`` square, whose pass (counted once) fits. Spares a count on the meta device
+        per image size when a batch meets hundreds of sizes, all far under the budget."""
+        if max(hw) > BOUND_SIDE:
+            return False
+        side = (BOUND_SIDE, BOUND_SIDE)
+        return self.fits(self.context_bytes(side) if kind == 'context' else self.whole_bytes(side))
 
     def feature_bytes(self, hw):
         """Bytes of the PIM features the context pass keeps for an ``hw`` LR image."""
@@ -61,8 +73,9 @@ class MemoryBudgets:
         base = self._meta_nets()[1]
 
         def run(h, w):
-            return peak_bytes(lambda x: run_backbone(base, x.float().div(255.), self.scale, self.multiple),
-                              torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta'))
+            return self._memo(('whole-at', h, w), lambda: peak_bytes(
+                lambda x: run_backbone(base, x.float().div(255.), self.scale, self.multiple),
+                torch.zeros(1, 3, h, w, dtype=torch.uint8, device='meta')))
         return self._memo(('whole', tuple(hw)), lambda: linear_peak(run, hw))
 
     def decode_bytes(self, pixels):
@@ -101,6 +114,8 @@ class MemoryBudgets:
         if isinstance(self.tile, (int, np.integer)) and self.tile > 0:
             t = int(self.tile)
             return t, 'memory' if self.fits(features + self.context_tile_bytes(hw, t, 'memory')) else 'disk'
+        if self._fits_bounded('context', hw):
+            return None, 'memory'
         need = self.context_bytes(hw)
         if self.fits(need):
             return None, 'memory'
@@ -122,6 +137,8 @@ class MemoryBudgets:
         tiles, a full grid: large ones, less overlap); MemoryBudgetError with tiling off."""
         if isinstance(self.tile, (int, np.integer)) and self.tile > 0:
             return int(self.tile)
+        if self._fits_bounded('whole', hw):
+            return None
         need = self.whole_bytes(hw)
         if self.fits(need):
             return None

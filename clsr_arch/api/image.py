@@ -68,8 +68,8 @@ class Image:
         self.forget_context()
         m, hw = self.model, self.hw
         t0 = time.perf_counter()
-        need, features = m.context_bytes(hw), m.feature_bytes(hw)
         tile, store = m.context_tiling(hw, self.name)
+        need, features = m._estimates.get(('context', tuple(hw))), m.feature_bytes(hw)  # None: under the bound
         bar = None
         if tile and m.progress:
             bar = tqdm(total=-(-hw[0] // tile) * -(-hw[1] // tile), desc='context tiles', unit='tile')

@@ -108,6 +108,15 @@ class LocalSR(MemoryBudgets):
             return torch.cuda.mem_get_info(self.device)[0]
         return available_bytes()
 
+    def prepare(self):
+        """Build now what every image needs once per process (the FLOPs model, the decode and the
+        bounded whole/context memory estimates), so that a batch's clock measures images only."""
+        self.cost
+        self.decode_capacity()
+        for kind in ('context', 'whole'):
+            self._fits_bounded(kind, (1, 1))
+        return self
+
     def gflops_per_second(self):
         """The plain backbone's measured speed here (GFLOPs/s of a small whole-image pass, once):
         the basis of the time estimates said before a long run."""
