@@ -208,7 +208,7 @@ def batch(args, say):
     methods, _ = parse_methods(args.methods, ['clsr'])
     rois = [parse_box(t) for t in args.roi]
     job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid, methods, args.suffix,
-                       args.ext, plan=not args.no_plan)
+                       args.ext, plan=not args.no_plan, progress=not args.quiet)
     ranks = api.Ranks().start()
     try:
         model = make_model(args, ranks, progress=not args.quiet)

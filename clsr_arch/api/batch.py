@@ -66,7 +66,7 @@ class BatchJob:
     """Which boxes of which images to write where (nothing runs here)."""
 
     def __init__(self, inputs=(), out='results/infer', boxes_file=None, rois=(), grid=None, methods=('clsr',),
-                 suffix='{method}', ext='png', plan=True):
+                 suffix='{method}', ext='png', plan=True, progress=False):
         if ext != 'auto' and ext not in EXTENSIONS:
             raise LocalSRError(f'--ext {ext!r}: expected auto or one of {", ".join(EXTENSIONS)}')
         bad = [m for m in methods if m not in METHODS]
@@ -80,7 +80,7 @@ class BatchJob:
         if not (boxes_file or rois or grid):
             raise LocalSRError('no boxes: give --boxes FILE (CSV or COCO JSON), --roi x,y,w,h or --grid N')
         self.out, self.methods, self.suffix, self.ext, self.plan = out, list(methods), suffix, ext, plan
-        self.grid = grid
+        self.grid, self.progress = grid, progress
         self.problems = []  # (image, box, reason)
         paths, problems = expand_inputs(inputs)
         self.problems += [(image, None, why) for image, why in problems]
@@ -196,14 +196,17 @@ def _run_image(job, model, path, manifest, counts, errors, say):
             if not todo:
                 continue
             try:
+                estimate = None
                 if method == 'clsr' and job.plan:  # one plan for all the boxes, done or not: same pixels
                     plan = image.plan(boxes)
                     if plan.mode == 'whole':
                         gf = plan.flops / 1e9
+                        estimate = gf / model.gflops_per_second()
                         say(f'{path}: {len(todo)} boxes -> whole-image SR of the {image.hw[1]}x{image.hw[0]} '
                             f'LR image (the plan: cheaper than CLSR decodes for these boxes), {gf:.1f} GFLOPs, '
-                            f'~{gf / model.gflops_per_second():.0f} s estimated')
-                outs = image.super_resolve(boxes, method=method, plan=job.plan, only=todo)
+                            f'~{estimate:.0f} s estimated')
+                with _Ticker(f'{osp.basename(path)}: whole-image SR', estimate if job.progress else None):
+                    outs = image.super_resolve(boxes, method=method, plan=job.plan, only=todo)
                 run = image.last_run
                 gflops = image.box_gflops(boxes, run)
                 if run.get('route', '').startswith('whole'):
@@ -220,6 +223,39 @@ def _run_image(job, model, path, manifest, counts, errors, say):
                               'context': run.get('context'), 'seconds': sec, 'gflops': gf,
                               'peak_rss_bytes': peak_rss_bytes()})  # so far: flat over the images or not
                 counts['done'] += 1
+
+
+class _Ticker:
+    """A progress bar of elapsed seconds against an estimate, while one long call runs (an
+    untiled whole-image pass has no steps to count); nothing when ``estimate`` is None."""
+
+    def __init__(self, desc, estimate):
+        self.desc, self.estimate = desc, estimate
+
+    def __enter__(self):
+        if self.estimate is None:
+            return self
+        import threading
+
+        from tqdm import tqdm
+        self.bar = tqdm(total=round(max(self.estimate, 1.), 1), desc=self.desc, unit='s (estimated)',
+                        bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s estimated')
+        self.stop = threading.Event()
+        t0 = time.perf_counter()
+
+        def tick():
+            while not self.stop.wait(0.5):
+                self.bar.n = min(round(time.perf_counter() - t0, 1), self.bar.total)
+                self.bar.refresh()
+        self.thread = threading.Thread(target=tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.estimate is not None:
+            self.stop.set()
+            self.thread.join()
+            self.bar.close()
 
 
 def _error_line(image, box, reason):
