@@ -226,22 +226,6 @@ def print_summary(s):
 
 
 # ---------------------------------------------------------------------------------- --compare
-def load_hr(args, scale, lr_hw):
-    """The ``--hr`` image checked against the LR size, or None."""
-    from clsr_arch import api
-    if not args.hr:
-        return None
-    try:
-        hr, _ = api.load_image(args.hr)
-    except LocalSRError as err:
-        raise InferError(f'--hr {str(err)[len("image "):]}') from None
-    want = (scale * lr_hw[0], scale * lr_hw[1])
-    if hr.shape[:2] != want:
-        raise InferError(f'--hr {args.hr}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
-                         f'{lr_hw[1]}x{lr_hw[0]} LR image (expected {want[1]}x{want[0]})')
-    return hr
-
-
 def infer(args, say=None):
     """``--compare`` on the first input (the demo's entry); the metrics dict also written as JSON."""
     return compare(args, say)[0]
@@ -273,7 +257,7 @@ def compare(args, say=None):
         raise InferError(problems[0][1])
     if not paths:
         raise InferError('no input image given')
-    if len(paths) > 1 and (args.hr or args.degrade and args.hr):
+    if len(paths) > 1 and args.hr:
         raise InferError('--hr goes with one input image')
     model = make_model(args, progress=not args.quiet)
     return [compare_image(args, model, path, rois, by_image.get(path, []), methods, explicit, say) for path in paths]
@@ -284,33 +268,14 @@ def compare_image(args, model, path, rois, file_boxes, methods, explicit, say):
 
     from clsr_arch import api
     from clsr_arch.api.box_files import to_pixels
-    from clsr_arch.data.context_roi_dataset import validation_grid
-    s = model.scale
-    if api.is_lazy_path(path) and not args.degrade:  # tiled TIFF / .npy: read region by region
-        image = model.open(path)
-        lr, hr = None, load_hr(args, s, image.hw)
-    else:
-        img, _ = api.load_image(path)
-        if args.degrade:
-            if args.hr:
-                raise InferError('--hr and --degrade exclude each other (with --degrade the input is the HR)')
-            try:
-                lr, hr = api.degrade(img, s)
-            except LocalSRError as err:
-                raise InferError(f'image {path}: {err}') from None
-        else:
-            lr, hr = img, load_hr(args, s, img.shape[:2])
-        image = model.open(lr, name=path)
-    hw = image.hw
+    image, lr, hr = api.open_compared(model, path, args.degrade, args.hr)
+    hw, s = image.hw, model.scale
     boxes = list(rois)
     for box in boxes:
         check_box(box, hw, '--roi')
     boxes += [to_pixels(b, hw) for b in file_boxes]
     if args.grid:
-        H, W = hw
-        if args.grid < 1 or args.grid > min(H, W):
-            raise InferError(f'--grid {args.grid}: needs 1 <= size <= {min(H, W)} (the {W}x{H} LR image)')
-        boxes += [tuple(r) for r in validation_grid(H, W, args.grid, args.grid)[0].tolist()]
+        boxes += api.grid_boxes(hw, args.grid)
     t0 = time.perf_counter()
     with image:
         proposed = []

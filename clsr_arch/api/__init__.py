@@ -39,7 +39,7 @@ box_files          ``read_boxes``: CSV / COCO JSON boxes of a detector
 manifest           ``Manifest``: what a batch run wrote (JSON lines), atomic output writes
 batch              ``BatchJob``, ``run_batch``: many images, resumable
 shard              ``Ranks``: torchrun's ranks, the split of the images, the merged summary
-compare            ``run_methods``, ``roi_gflops``: every method on the same boxes (--compare)
+compare            ``open_compared``, ``run_methods``, ``roi_gflops``: every method on the same boxes
 =================  ==========================================================================
 """
 import importlib
@@ -49,8 +49,8 @@ _WHERE = {
                  'add_model_args', 'model_paths'),
     'errors': ('LocalSRError', 'MemoryBudgetError'),
     'methods': ('METHODS', 'LABELS', 'bicubic_flops'),
-    'inputs': ('load_image', 'normalise_boxes', 'to_uint8', 'degrade'),
-    'compare': ('run_methods', 'roi_gflops'),
+    'inputs': ('load_image', 'normalise_boxes', 'to_uint8', 'degrade', 'grid_boxes'),
+    'compare': ('run_methods', 'roi_gflops', 'open_compared'),
     'networks': ('load_options', 'load_network', 'resolve_base_weights', 'build_base'),
     'budget': ('SAFETY', 'CONTEXT_TILES', 'WHOLE_TILES', 'MAX_BATCH', 'MemoryBudgets'),
     'model': ('LocalSR', ),

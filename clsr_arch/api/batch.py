@@ -28,6 +28,7 @@ import time
 from ..utils.memory import peak_rss_bytes
 from .box_files import Box, images_of, match_images, read_boxes, to_pixels
 from .errors import LocalSRError
+from .inputs import grid_boxes
 from .manifest import Manifest, atomic_write_image
 from .methods import METHODS
 from .shard import split
@@ -181,14 +182,12 @@ def _run_image(job, model, path, manifest, counts, errors, say):
             boxes.append(px)
             labels.append(b.label)
         if job.grid:
-            from ..data.context_roi_dataset import validation_grid
-            H, W = image.hw
-            if job.grid > min(H, W):
-                counts['failed'] += len(job.methods)
-                errors.append(_error_line(path, None, f'--grid {job.grid}: larger than the {W}x{H} LR image'))
-            else:
-                boxes += [tuple(r) for r in validation_grid(H, W, job.grid, job.grid)[0].tolist()]
+            try:
+                boxes += grid_boxes(image.hw, job.grid)
                 labels += [''] * (len(boxes) - len(labels))
+            except LocalSRError as err:
+                counts['failed'] += len(job.methods)
+                errors.append(_error_line(path, None, str(err)))
         for method in job.methods:
             files = [job.output(path, b, lab, method) for b, lab in zip(boxes, labels)]
             todo = sorted({f: i for i, f in enumerate(files) if not manifest.is_done(f)}.values())

@@ -1,10 +1,51 @@
-"""Every method on the same boxes, for a comparison (``clsr-infer --compare``, the demo): which
-methods run under the memory budget, and each ROI's cost as the LocalSR paper's Table 1 counts it."""
+"""Every method on the same boxes, for a comparison (``clsr-infer --compare``, the demo): the
+image opened with its ground truth, the boxes, which methods run under the memory budget, and
+each ROI's cost as the LocalSR paper's Table 1 counts it."""
+from ..data.lazy_image import is_lazy_path
+from ..utils.memory import format_bytes
 from .budget import SAFETY
 from .errors import LocalSRError, MemoryBudgetError
+from .inputs import degrade as degrade_hr
+from .inputs import load_image
 from .methods import bicubic_flops
 from .roi_context import local_context_flops
-from ..utils.memory import format_bytes
+
+
+def open_compared(model, path, degrade=False, hr=None):
+    """``(image, lr, hr)`` for a comparison: ``path`` an LR image (``hr``: the path of its ground
+    truth, checked to be x``scale`` of it), or with ``degrade`` an HR image whose LR is made the
+    paper's way (the crop is then the ground truth). ``lr`` (RGB uint8) is None for a tiled TIFF /
+    ``.npy`` read region by region; ``hr`` None without ground truth."""
+    s = model.scale
+    if degrade and hr:
+        raise LocalSRError('--hr and --degrade exclude each other (with --degrade the input is the HR)')
+    if is_lazy_path(path) and not degrade:
+        image = model.open(path)
+        return image, None, load_ground_truth(hr, s, image.hw)
+    img, _ = load_image(path)
+    if degrade:
+        try:
+            lr, gt = degrade_hr(img, s)
+        except LocalSRError as err:
+            raise LocalSRError(f'image {path}: {err}') from None
+    else:
+        lr, gt = img, load_ground_truth(hr, s, img.shape[:2])
+    return model.open(lr, name=path), lr, gt
+
+
+def load_ground_truth(path, scale, lr_hw):
+    """The HR image at ``path`` checked against the LR size, or None without a path."""
+    if not path:
+        return None
+    try:
+        hr, _ = load_image(path)
+    except LocalSRError as err:
+        raise LocalSRError(f'--hr {str(err)[len("image "):]}') from None
+    want = (scale * lr_hw[0], scale * lr_hw[1])
+    if hr.shape[:2] != want:
+        raise LocalSRError(f'--hr {path}: {hr.shape[1]}x{hr.shape[0]} is not x{scale} of the '
+                           f'{lr_hw[1]}x{lr_hw[0]} LR image (expected {want[1]}x{want[0]})')
+    return hr
 
 
 def run_methods(image, boxes, methods, explicit, plan=True, say=print):

@@ -73,3 +73,13 @@ def degrade(hr, scale):
     if min(hr.shape[:2]) < scale:
         raise LocalSRError(f'{hr.shape[1]}x{hr.shape[0]} is too small for x{scale}')
     return bicubic_lr(hr, scale), hr
+
+
+def grid_boxes(hw, size):
+    """Every ``size`` x ``size`` box of a non-overlapping grid of an ``hw`` image, row-major (the
+    evaluation protocol's grid); LocalSRError when it does not fit."""
+    from ..data.context_roi_dataset import validation_grid
+    H, W = hw
+    if size < 1 or size > min(H, W):
+        raise LocalSRError(f'--grid {size}: needs 1 <= size <= {min(H, W)} (the {W}x{H} LR image)')
+    return [tuple(r) for r in validation_grid(H, W, size, size)[0].tolist()]
