@@ -158,13 +158,23 @@ def main(argv=None):
     p.add_argument('--configs', default='1x2,2x1', help='ranks x threads per rank, comma-separated')
     p.add_argument('--work', help='folder for the inputs and outputs (default: a temporary one, removed)')
     p.add_argument('--out', default=common.DOC, help='markdown file whose "batch" section is (re)written')
+    p.add_argument('--prepare-only', action='store_true', help='write the inputs into --work and stop')
     args = p.parse_args(argv)
     n2k, nsmall, post2k, postsmall = (2, 4, 1, 2) if args.quick else (40, 160, 2, 20)
     work = args.work or tempfile.mkdtemp(prefix='clsr-bench-batch-')
     os.makedirs(work, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        names2k, small = make_inputs(work, n2k, nsmall, args.quick)
+        made = osp.join(work, 'inputs.json')  # a --work folder keeps its inputs for the next run
+        key = {'n2k': n2k, 'nsmall': nsmall, 'quick': args.quick}
+        if osp.exists(made) and json.load(open(made))['key'] == key:
+            names2k, small = json.load(open(made))['names']
+        else:
+            names2k, small = make_inputs(work, n2k, nsmall, args.quick)
+            with open(made, 'w') as f:
+                json.dump({'key': key, 'names': [names2k, small]}, f)
+        if args.prepare_only:
+            return []
         every = sorted(names2k + small)
         print(f'inputs: {len(names2k)} 2K frames + {len(small)} small LR images, {5 * len(every)} boxes '
               f'({time.perf_counter() - t0:.0f} s)', flush=True)
