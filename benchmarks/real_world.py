@@ -11,8 +11,8 @@ ones (issue 13) and pre-crop of their official bases with 2 and 4 px of context,
 MATLAB-bicubic LR of the same test sets.
 
 Each row runs through BasicSR's test runner (``clsr_arch/test.py`` on a generated YAML, kept
-under ``results/real_world/opts/``), which writes every ROI's PSNR/SSIM (RGB and Y, no border
-crop) to ``results/real_world_<row>/rois_<set>.csv``; rows already run are reused (``--force``
+under ``results/real_world/opts/``), which writes every ROI's PSNR (RGB and Y) and SSIM (Y), no border
+crop, to ``results/real_world_<row>/rois_<set>.csv``; rows already run are reused (``--force``
 reruns). The tables compare rows over the ROIs they share (an infinite PSNR in any row drops
 the ROI from all, counted), with per-ROI wins (PSNR-Y) of the suite's model and GFLOPs per ROI
 from :func:`clsr_arch.utils.flops.localsr_flops`. They are written into ``docs/results.md``
@@ -42,7 +42,7 @@ from common import write_section  # noqa: E402  (benchmarks/common.py)
 SETS = ('Set5', 'Set14', 'BSD100')
 ROIS = (24, 48)
 PADS = (0, 2, 4, 12)
-METRICS = ('psnr', 'ssim', 'psnr_y', 'ssim_y')
+METRICS = ('psnr', 'psnr_y', 'ssim_y')  # SSIM on Y only: RGB SSIM of every ROI doubles the run time
 W = osp.join(REPO, 'weights')
 
 
@@ -194,13 +194,13 @@ def tables(results_root, data_root, kinds, rows, targets):
                 win_cols = ' | '.join(f'{labels[t]} better' for t in targets)
                 parts.append(f'\n#### {s}, {kind_label}, {roi}x{roi} ROIs — {len(finite)} ROIs'
                              + (f' ({dropped} dropped: infinite PSNR in some row)' if dropped else '') + '\n')
-                parts.append(f'| method | PSNR-Y | SSIM-Y | PSNR RGB | SSIM RGB | GFLOPs / ROI | {win_cols} |')
-                parts.append('|---|---:|---:|---:|---:|---:|' + '---:|' * len(targets))
+                parts.append(f'| method | PSNR-Y | SSIM-Y | PSNR RGB | GFLOPs / ROI | {win_cols} |')
+                parts.append('|---|---:|---:|---:|---:|' + '---:|' * len(targets))
                 for r, label, *_ in rows:
                     m = means[r]
                     w = ' | '.join('' if r == t else f'{wins[t][r]} / {len(finite)}' for t in targets)
                     parts.append(f'| {label} | {m["psnr_y"]:.3f} | {m["ssim_y"]:.4f} | {m["psnr"]:.3f} | '
-                                 f'{m["ssim"]:.4f} | {flops[r]:.3g} | {w} |')
+                                 f'{flops[r]:.3g} | {w} |')
                 for t, refs in targets.items():
                     margins[t].append((s, kind_label, roi,
                                        {r: means[t]['psnr_y'] - means[r]['psnr_y'] for r, _ in refs},

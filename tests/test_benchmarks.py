@@ -211,3 +211,34 @@ def test_gigapixel_benchmark_runs_and_writes_its_table(tmp_path):
     table = common.read_section(str(out), 'gigapixel')
     assert '| 2400x1800 (4 MP) |' in table and '| 2040x1344 (3 MP) |' in table
     assert '| gigapixel / 2K (p50) |' in table
+
+
+def test_real_world_tables_compare_rows_over_the_same_rois(tmp_path, monkeypatch):
+    """benchmarks/real_world.py's bookkeeping on hand-made per-ROI CSVs: an ROI with an infinite
+    PSNR in any row leaves every row, means and per-ROI wins are over the rest."""
+    import cv2
+    import numpy as np
+    import real_world
+    monkeypatch.setattr(real_world, 'SETS', ('S',))
+    monkeypatch.setattr(real_world, 'ROIS', (24,))
+    kinds = (('k', 'kind'),)
+    lr = tmp_path / 'data' / 'S' / 'k' / 'X4'
+    lr.mkdir(parents=True)
+    cv2.imwrite(str(lr / 'a.png'), np.zeros((48, 48, 3), np.uint8))
+    base = {'type': 'IMDN', 'upscale': 4}
+    clsr = {'type': 'CLSR', 'backbone': base, 'roi_pad': 4}
+    rows = [('ref', 'reference', base, None, {'mode': 'pre_crop', 'pre_crop_pad': 4}),
+            ('ours', 'ours', clsr, None, {'mode': 'clsr'})]
+    values = {'ref': [30.0, 20.0, float('inf'), 25.0], 'ours': [31.0, 19.0, 40.0, 26.0]}
+    for row, vals in values.items():
+        d = tmp_path / 'results' / f'real_world_{row}'
+        d.mkdir(parents=True)
+        with open(d / 'rois_S_k_roi24.csv', 'w') as f:
+            f.write('image,roi,x,y,w,h,psnr,psnr_y,ssim_y\n')
+            for i, v in enumerate(vals):
+                f.write(f'a,{i},0,0,24,24,{v},{v},0.5\n')
+    md = real_world.tables(str(tmp_path / 'results'), str(tmp_path / 'data'), kinds, rows,
+                           {'ours': (('ref', 'ref row'), ('ref', 'ref row'))})
+    assert '— 3 ROIs (1 dropped: infinite PSNR in some row)' in md
+    assert '| reference | 25.000 |' in md and '| ours | 25.333 |' in md   # means over the 3 finite ROIs
+    assert '| S | kind | 24 | +0.333 | +0.333 |' in md and '| 2 / 3 |' in md   # ours wins 2 of the 3
