@@ -22,7 +22,8 @@ process start and model loading, which the wall time includes):
   about a minute), boxes/s per kind.
 
 Peak RSS: the largest rank's ``ru_maxrss`` at the end, and (1 rank) after 25, 50, 100 and 200
-images (each manifest line records it): flat when the images do not accumulate.
+images (each manifest line records it): flat when the images do not accumulate. ``--rss-probe
+kept|trimmed`` (untimed) follows the current RSS too, through the API in one process.
 
     flock /tmp/clsr_bench.lock .venv/bin/python benchmarks/batch.py     # ~15 min on 2 cores
     .venv/bin/python benchmarks/batch.py --quick --out /tmp/b.md          # a smoke run (tests)
@@ -159,6 +160,9 @@ def main(argv=None):
     p.add_argument('--work', help='folder for the inputs and outputs (default: a temporary one, removed)')
     p.add_argument('--out', default=common.DOC, help='markdown file whose "batch" section is (re)written')
     p.add_argument('--prepare-only', action='store_true', help='write the inputs into --work and stop')
+    p.add_argument('--rss-probe', choices=('kept', 'trimmed'),
+                   help='untimed: CLSR over the inputs in this process (1 thread), RSS after each image, freed '
+                        'heap pages kept by glibc or given back between images (one mode per process)')
     args = p.parse_args(argv)
     n2k, nsmall, post2k, postsmall = (2, 4, 1, 2) if args.quick else (40, 160, 2, 20)
     work = args.work or tempfile.mkdtemp(prefix='clsr-bench-batch-')
@@ -175,6 +179,8 @@ def main(argv=None):
                 json.dump({'key': key, 'names': [names2k, small]}, f)
         if args.prepare_only:
             return []
+        if args.rss_probe:
+            return rss_probe(work, sorted(names2k + small), args.rss_probe == 'trimmed')
         every = sorted(names2k + small)
         print(f'inputs: {len(names2k)} 2K frames + {len(small)} small LR images, {5 * len(every)} boxes '
               f'({time.perf_counter() - t0:.0f} s)', flush=True)
@@ -204,6 +210,33 @@ def main(argv=None):
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def rss_probe(work, names, trim):
+    """The current and peak RSS after each image of a CLSR loop over ``names`` through the API,
+    with and without giving freed heap pages back between images (no timing: run it any time)."""
+    import resource
+
+    from clsr_arch import api
+    from clsr_arch.api.batch import release_freed_memory
+    from clsr_arch.api.box_files import read_boxes, to_pixels
+    boxes, _ = read_boxes(osp.join(work, 'boxes.csv'))
+    model = api.LocalSR(device='cpu', threads=1).prepare()
+    page = os.sysconf('SC_PAGE_SIZE')
+    marks = sorted({1, len(names) // 8, len(names) // 4, len(names) // 2, len(names)})
+    out = {}
+    for k, name in enumerate(names, 1):
+        with model.open(osp.join(work, 'images', name)) as image:
+            image.super_resolve([to_pixels(b, image.hw) for b in boxes[f'images/{name}']])
+        if trim:
+            release_freed_memory()
+        if k in marks:
+            rss = int(open('/proc/self/statm').read().split()[1]) * page
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            out[k] = (rss, peak)
+            print(f'{"trimmed" if trim else "kept"} after {k} images: current {rss / 2**20:.0f} MiB, '
+                  f'peak {peak / 2**20:.0f} MiB', flush=True)
+    return out
 
 
 def report(results, n2k, nsmall, configs, args):
