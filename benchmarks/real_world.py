@@ -104,6 +104,7 @@ def dataset_name(set_name, kind, roi):
 
 
 def test_options(row, net, weights, val, data_root, kinds):
+    """BasicSR test options of one row: a dataset per set x kind x ROI size."""
     datasets = {}
     for i, (s, (kind, _), roi) in enumerate((s, k, r) for s in SETS for k in kinds for r in ROIS):
         datasets[f'test_{i}'] = {
@@ -112,7 +113,8 @@ def test_options(row, net, weights, val, data_root, kinds):
             'io_backend': {'type': 'disk'}, 'roi_size': roi}
     metrics = {m: {'type': 'calculate_' + m.split('_')[0], 'crop_border': 0, 'test_y_channel': m.endswith('_y')}
                for m in METRICS}
-    return {'name': f'real_world_{row}', 'model_type': 'CLSRModel', 'scale': 4, 'num_gpu': 'auto',
+    name = f'real_world_{row}' + ('_val' if SETS == ('val',) else '')
+    return {'name': name, 'model_type': 'CLSRModel', 'scale': 4, 'num_gpu': 'auto',
             'manual_seed': 0, 'datasets': datasets, 'network_g': net,
             'path': {'pretrain_network_g': weights, 'strict_load_g': True},
             'val': dict(val, save_img=False, suffix=None, pbar=False, metrics=metrics)}
@@ -140,7 +142,7 @@ def run_row(row, opt, results_root, force):
 
 
 def load_rois(results_root, row, dataset):
-    path = osp.join(results_root, f'real_world_{row}', f'rois_{dataset}.csv')
+    path = osp.join(results_root, f'real_world_{row}' + ('_val' if SETS == ('val',) else ''), f'rois_{dataset}.csv')
     with open(path, newline='') as f:
         return {(r['image'], int(r['roi'])): {m: float(r[m]) for m in METRICS} for r in csv.DictReader(f)}
 
@@ -229,6 +231,7 @@ def tables(results_root, data_root, kinds, rows, targets):
 
 
 def main(argv=None):
+    global SETS
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--suite', choices=sorted(SUITES), default='real')
     p.add_argument('--data', default=osp.join(REPO, 'datasets', 'real'))
@@ -243,7 +246,12 @@ def main(argv=None):
     p.add_argument('--doc', default=osp.join(REPO, 'docs', 'results.md'))
     p.add_argument('--force', action='store_true', help='rerun rows whose CSVs exist')
     p.add_argument('--rows', help='comma-separated row ids: run only these, write no table')
+    p.add_argument('--sets', default=','.join(SETS),
+                   help="test sets under --data (default Set5,Set14,BSD100); 'val' is the validation split, "
+                        'which chooses checkpoints (its table goes to stdout only)')
     args = p.parse_args(argv)
+    SETS = tuple(args.sets.split(','))
+    validation = 'val' in SETS
     make_suite, marker, title = SUITES[args.suite]
     kinds, rows, targets = make_suite(args)
     if args.rows:
@@ -268,7 +276,8 @@ def main(argv=None):
     block = (f'## {title}\n\nMade by `benchmarks/real_world.py --suite {args.suite}` (its docstring has the '
              'protocol; data: `bash data/prepare_real_data.sh`, seed 0).\n'
              + tables(args.results, args.data, kinds, rows, targets))
-    write_section(args.doc, marker, block)
+    if not validation:  # a validation table chooses checkpoints; it is not a result
+        write_section(args.doc, marker, block)
     print(block)
 
 

@@ -20,7 +20,10 @@ ZEBRA = shared('Set14', 'HR', 'zebra.png')  # used as an LR image here: 586x391
 
 @pytest.fixture(scope='module')
 def shipped():
-    return LocalSR(device='cpu')
+    # the bicubic CLSR-IMDN, on which the tiling tolerances below were measured (the default
+    # clsr-imdn-real differs from its untiled self by more -- 43 dB PSNR, not > 50 -- through
+    # IMDN's channel attention over whole-input statistics; docs/real_world.md)
+    return LocalSR('clsr-imdn', device='cpu')
 
 
 @pytest.fixture(scope='module')
@@ -146,7 +149,7 @@ def test_tiled_whole_image_sr_is_close_to_untiled(shipped, zebra_part):
     with shipped.open(zebra_part) as image:
         ref = image.super_resolve(boxes, method='post_crop', output='tensor')
         whole = image.last_run['gflops']
-    with LocalSR(device='cpu', tile=64).open(zebra_part) as tiled:
+    with LocalSR('clsr-imdn', device='cpu', tile=64).open(zebra_part) as tiled:
         outs = tiled.super_resolve(boxes, method='post_crop', output='tensor')
         assert tiled.last_run['tile'] == 64 and len(touched_tiles((150, 230), 64, 16, boxes)) == 6
         # only the 6 of the 12 tiles the boxes touch ran (each grown by the overlap)

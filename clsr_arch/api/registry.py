@@ -10,11 +10,17 @@ import os.path as osp
 REPO = osp.abspath(osp.join(osp.dirname(__file__), os.pardir, os.pardir))
 # the shipped models by name: (weights, the YAML whose network_g builds them); docs/results.md
 SHIPPED = {
+    # real photos (compressed, noisy, soft): IMDN fine-tuned on Real-ESRGAN degradations + CLSR (issue 21)
+    'clsr-imdn-real': (osp.join(REPO, 'weights', 'CLSR_IMDN_real_x4.pth'),
+                       osp.join(REPO, 'options', 'train', 'CLSR_IMDN_real_x4.yml')),
+    # clean MATLAB-bicubic LR (the paper's benchmarks)
     'clsr-imdn': (osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'), osp.join(REPO, 'options', 'train', 'CLSR_IMDN_x4_ship.yml')),
     'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
                     osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')),
 }
-DEFAULT_MODEL = 'clsr-imdn'  # the best measured quality per GFLOP (docs/results.md)
+# the model for a person's real photo: what people bring is JPEG-compressed and noisy, where the
+# bicubic models sharpen blocks and noise (docs/results.md, real-world section)
+DEFAULT_MODEL = 'clsr-imdn-real'
 DEFAULT_WEIGHTS, DEFAULT_OPT = SHIPPED[DEFAULT_MODEL]
 OFFICIAL_CARN_M = osp.abspath(osp.join(REPO, os.pardir, 'shared', 'data', 'weights', 'carn_m.pth'))
 
@@ -23,7 +29,8 @@ def add_model_args(parser):
     """``--model`` (a shipped model by name) and ``--weights``/``--opt`` (any checkpoint), for
     the command-line tools; :func:`model_paths` resolves them."""
     parser.add_argument('--model', choices=sorted(SHIPPED), default=DEFAULT_MODEL,
-                        help=f'shipped model (default {DEFAULT_MODEL}: the best quality per GFLOP in docs/results.md)')
+                        help=f'shipped model (default {DEFAULT_MODEL}: for real photos; clsr-imdn / clsr-carn-m: for clean '
+                             'bicubic LR; docs/results.md)')
     parser.add_argument('--weights', help='a CLSR checkpoint instead of --model')
     parser.add_argument('--opt', help="YAML whose network_g builds --weights' network (default: --model's)")
 

@@ -195,7 +195,10 @@ class CostModel:
         self.adapter = get_adapter(self.net.base)
         self.roi_pad, self.multiple = self.net.roi_pad, self.adapter.multiple
         m = self.multiple
-        sizes = [(h + (-h) % m, w + (-w) % m) for h, w in self._PROBES]
+        # the probes are padded boxes: grown with a roi_pad above 2 so that the ROI inside keeps
+        # >= 2 px (CLSR-IMDN-real's roi_pad 4 left the 6x6 probe a -2 px ROI); unchanged up to 2
+        grow = 2 * max(0, self.roi_pad - 2)
+        sizes = [(h + grow + (-(h + grow)) % m, w + grow + (-(w + grow)) % m) for h, w in self._PROBES]
         big = max(max(s) for s in sizes) + 2 * self.roi_pad + 2 * m
         with torch.no_grad():
             state = self.net.encode_context(torch.zeros(1, 3, big, big, device='meta'))
