@@ -127,12 +127,12 @@ def run_row(row, opt, results_root, force):
         return 'reused'
     opt_dir = osp.join(results_root, 'real_world', 'opts')
     os.makedirs(opt_dir, exist_ok=True)
-    path = osp.join(opt_dir, f'{row}.yml')
+    path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     t0 = time.time()
     env = dict(os.environ, CLSR_ROOT=osp.dirname(results_root))
-    log = osp.join(opt_dir, f'{row}.log')
+    log = osp.join(opt_dir, f'{opt["name"]}.log')
     with open(log, 'w') as f:  # BasicSR's runner logs every dataset and the network: keep it out of the table
         r = subprocess.run([sys.executable, osp.join(REPO, 'clsr_arch', 'test.py'), '-opt', path], env=env,
                            stdout=f, stderr=subprocess.STDOUT)
@@ -231,7 +231,7 @@ def tables(results_root, data_root, kinds, rows, targets):
 
 
 def main(argv=None):
-    global SETS
+    global SETS, ROIS
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--suite', choices=sorted(SUITES), default='real')
     p.add_argument('--data', default=osp.join(REPO, 'datasets', 'real'))
@@ -252,6 +252,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     SETS = tuple(args.sets.split(','))
     validation = 'val' in SETS
+    if validation:  # the validation split's 24x24 ROIs, as training validated (some T91 images are < 48 LR px)
+        ROIS = (24,)
     make_suite, marker, title = SUITES[args.suite]
     kinds, rows, targets = make_suite(args)
     if args.rows:
