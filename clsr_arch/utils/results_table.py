@@ -10,7 +10,7 @@ ROI: :func:`clsr_arch.utils.flops.localsr_flops` on each image's (grid-cropped) 
 over the images -- the cost of restoring one ROI alone (post-cropping runs the whole image, CLSR
 runs its context pass plus the ROI; paper Table 1).
 
-    .venv/bin/python -m clsr_arch.utils.results_table > docs/results.md
+    .venv/bin/python -m clsr_arch.utils.results_table --out docs/results.md
 """
 import argparse
 import csv
@@ -125,16 +125,37 @@ def build(results_root, data_root, models=MODELS):
     return ''.join(parts)
 
 
+def kept_sections(path):
+    """The marked sections of ``path`` (``<!-- BEGIN x -->`` ... ``<!-- END x -->``), verbatim, so
+    that regenerating the tables above them does not drop what other scripts wrote."""
+    import re
+    if not osp.isfile(path):
+        return ''
+    with open(path) as f:
+        text = f.read()
+    found = [m.group(0) for m in re.finditer(r'<!-- BEGIN (\S+) -->.*?<!-- END \1 -->', text, flags=re.S)]
+    return ''.join('\n' + b + '\n' for b in found)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--results', default=osp.join(REPO, 'results'))
     p.add_argument('--data', default=osp.join(REPO, 'datasets', 'ship'))
     p.add_argument('--header', default=osp.join(REPO, 'docs', 'results_header.md'),
                    help='markdown put above the tables (training runs, commands)')
+    p.add_argument('--out', help='write here (atomically) instead of stdout, keeping its <!-- BEGIN name --> '
+                                 'sections (written by benchmarks/real_world.py); a shell redirect would empty it first')
     args = p.parse_args(argv)
     import clsr_arch  # noqa: F401  (compat + registries)
     header = open(args.header).read().rstrip() + '\n' if osp.isfile(args.header) else ''
-    sys.stdout.write(header + build(args.results, args.data))
+    text = header + build(args.results, args.data)
+    if not args.out:
+        sys.stdout.write(text)
+        return
+    text += kept_sections(args.out)
+    with open(args.out + '.tmp', 'w') as f:
+        f.write(text)
+    os.replace(args.out + '.tmp', args.out)
 
 
 if __name__ == '__main__':
