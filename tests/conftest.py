@@ -137,3 +137,24 @@ def assert_same_uint8(a, b):
     assert a.shape == b.shape, (a.shape, b.shape)
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f'max {diff.max()}, {(diff > 0).sum()} pixels differ'
+
+
+# --- CLI tests (tests/test_infer.py, test_batch_infer.py): a tiny CLSR as a YAML + weights pair ---
+TINY_CLI = {'type': 'CLSR', 'backbone': {'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': 4},
+            'roi_pad': 2, 'gcm': {'num_windows': 4, 'heads': 2}, 'pim': {'ratio': 0.25}}
+
+
+def save_tiny_cli_model(root, perturb=None):
+    """``(options YAML, weights)`` paths of ``TINY_CLI`` (seed 0) under ``root``; ``perturb``: std of
+    random context-module weights (None: zero injections, as initialised)."""
+    from basicsr.archs import build_network
+    import yaml
+    torch.manual_seed(0)
+    net = build_network(dict(TINY_CLI))
+    if perturb is not None:
+        perturb_context_modules(net, perturb)
+    opt = root / 'tiny.yml'
+    opt.write_text(yaml.safe_dump({'name': 'tiny', 'network_g': TINY_CLI}))
+    weights = root / 'tiny.pth'
+    torch.save({'params': net.state_dict()}, weights)
+    return str(opt), str(weights)

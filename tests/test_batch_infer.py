@@ -11,32 +11,17 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
-import yaml
-
-from basicsr.archs import build_network
 
 from clsr_arch import api, infer
 from clsr_arch.api.box_files import Box, read_boxes, to_pixels
 from clsr_arch.api.shard import Ranks, split
-from conftest import REPO, assert_same_uint8, perturb_context_modules, shared
-
-TINY = {'type': 'CLSR', 'backbone': {'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': 4},
-        'roi_pad': 2, 'gcm': {'num_windows': 4, 'heads': 2}, 'pim': {'ratio': 0.25}}
+from conftest import REPO, assert_same_uint8, save_tiny_cli_model, shared
 
 
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """(options YAML, weights) of a tiny CLSR with random context modules (they matter)."""
-    root = tmp_path_factory.mktemp('batch_model')
-    torch.manual_seed(0)
-    net = build_network(dict(TINY))
-    perturb_context_modules(net, 0.1)
-    opt = root / 'tiny.yml'
-    opt.write_text(yaml.safe_dump({'name': 'tiny', 'network_g': TINY}))
-    weights = root / 'tiny.pth'
-    torch.save({'params': net.state_dict()}, weights)
-    return str(opt), str(weights)
+    return save_tiny_cli_model(tmp_path_factory.mktemp('batch_model'), perturb=0.1)
 
 
 def lr_folder(root, names=('baboon', 'zebra', 'lenna'), size=(64, 48)):

@@ -8,29 +8,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr
 
 from clsr_arch import api, infer
-from conftest import bicubic_lr, shared
-
-TINY = {'type': 'CLSR', 'backbone': {'type': 'MSRResNet', 'num_feat': 8, 'num_block': 1, 'upscale': 4},
-        'roi_pad': 2, 'gcm': {'num_windows': 4, 'heads': 2}, 'pim': {'ratio': 0.25}}
+from conftest import TINY_CLI, bicubic_lr, save_tiny_cli_model, shared
 
 
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """(options YAML, weights) of a tiny CLSR whose GCM/PIM injections are zero (as initialised)."""
-    root = tmp_path_factory.mktemp('infer_model')
-    torch.manual_seed(0)
-    net = build_network(dict(TINY))
-    opt = root / 'tiny.yml'
-    opt.write_text(yaml.safe_dump({'name': 'tiny', 'network_g': TINY}))
-    weights = root / 'tiny.pth'
-    torch.save({'params': net.state_dict()}, weights)
-    return str(opt), str(weights)
+    return save_tiny_cli_model(tmp_path_factory.mktemp('infer_model'))
 
 
 @pytest.fixture(scope='module')
@@ -139,7 +128,7 @@ def test_weights_that_do_not_match_the_options_name_the_keys(tmp_path, capsys, t
     assert code == 2 and cap.err.count('\n') == 1
     assert f'missing [{dropped}]' in cap.err and 'unexpected [extra.weight]' in cap.err and str(bad) in cap.err
     # a different width: shape mismatches are named too
-    other = dict(TINY, backbone=dict(TINY['backbone'], num_feat=16))
+    other = dict(TINY_CLI, backbone=dict(TINY_CLI['backbone'], num_feat=16))
     torch.save({'params': build_network(other).state_dict()}, bad)
     code, cap = run(capsys, hr_image[0], '--degrade', '--roi', '0,0,8,8', '--opt', opt, '--weights', bad)
     assert code == 2 and 'shape mismatches [base.' in cap.err and '(16, 16, 3, 3) vs (8, 8, 3, 3)' in cap.err
