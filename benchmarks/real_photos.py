@@ -74,7 +74,7 @@ def main(argv=None):
                 vals = [float(calculate_niqe(o[:, :, ::-1].astype(np.float64), 0)) for o in outs]
                 niqe[key] += vals
                 scores[key] = float(np.mean(vals))
-                crops[(folder, name, key)] = outs
+                crops[(folder, name, key)] = list(zip(outs, vals))
             crops[(folder, name, 'lr')] = [images['default'].rgb[y:y + bh, x:x + bw] for x, y, bw, bh in boxes]
             crops[(folder, name, 'boxes')] = boxes
             per_photo.append((f'{folder}/{name}', f'{w}x{h}', scores))
@@ -110,8 +110,8 @@ def main(argv=None):
         lr = crops[(folder, name, 'lr')][k]
         tiles = [(np.kron(lr, np.ones((4, 4, 1), dtype=np.uint8)), f'{name}\nLR box (nearest x4)')]
         for key, label, _, _ in methods:
-            out = crops[(folder, name, key)][k]
-            tiles.append((out, f'{label}\nNIQE {calculate_niqe(out[:, :, ::-1].astype(np.float64), 0):.2f}'))
+            out, value = crops[(folder, name, key)][k]
+            tiles.append((out, f'{label}\nNIQE {value:.2f}'))
         rows.append(tiles)
     if rows:
         _figure(rows, args.out_png)

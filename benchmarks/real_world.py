@@ -166,12 +166,10 @@ def gflops_per_roi(data_root, set_name, kind, roi, rows):
         elif mode == 'pre_crop':
             side = roi + 2 * val['pre_crop_pad']
             out[row] = localsr_flops(plain, (side, side), (side, side), strategies=('pre_crop',))['pre_crop']
-        elif mode == 'post_crop':
-            out[row] = float(np.mean([localsr_flops(plain, hw, (roi, roi), strategies=('post_crop',))['post_crop']
-                                      for hw in sizes]))
-        else:
-            out[row] = float(np.mean([localsr_flops(net, hw, (roi, roi), strategies=('clsr',))['clsr']
-                                      for hw in sizes]))
+        else:  # per distinct LR size (BSD100's 100 images have two): counted once each
+            model, key = (plain, 'post_crop') if mode == 'post_crop' else (net, 'clsr')
+            per_size = {hw: localsr_flops(model, hw, (roi, roi), strategies=(key,))[key] for hw in set(sizes)}
+            out[row] = float(np.mean([per_size[hw] for hw in sizes]))
     return out
 
 
