@@ -114,6 +114,10 @@ TINY = {
     'SwinIR': dict(type='SwinIR', upscale=4, img_size=16, window_size=4, embed_dim=12, depths=[2, 2],
                    num_heads=[2, 2], mlp_ratio=2, upsampler='pixelshuffle'),
     'IMDN': dict(type='IMDN', num_feat=16, num_block=3, upscale=4),
+    # BasicSR's other SR archs (issue 24)
+    'EDSR': dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=16, num_block=2, upscale=4),
+    'RRDBNet': dict(type='RRDBNet', num_in_ch=3, num_out_ch=3, scale=4, num_feat=16, num_block=2, num_grow_ch=8),
+    'SRVGGNetCompact': dict(type='SRVGGNetCompact', num_feat=16, num_conv=3, upscale=4),  # 2 stages: 2 + 1 convs
 }
 GCM = {'window': 6, 'num_windows': 6, 'heads': 2, 'stage': 1}
 

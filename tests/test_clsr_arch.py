@@ -183,7 +183,8 @@ def test_bad_options_and_inputs():
     with pytest.raises(ValueError, match=r"unknown keys \['windows'\]"):
         CLSR(backbone=TINY['MSRResNet'], gcm={'windows': 4})
     with pytest.raises(ValueError, match='no stage adapter'):
-        CLSR(backbone={'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1})
+        CLSR(backbone={'type': 'ECBSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_block': 1, 'num_channel': 8,
+                       'with_idt': False, 'act_type': 'prelu', 'scale': 4})
     net = CLSR(backbone=TINY['MSRResNet'], gcm=GCM).eval()
     with pytest.raises(ValueError, match=r'\[B, 3, H, W\]'):
         net(torch.rand(3, 10, 10), torch.tensor([[0, 0, 0, 2, 2]]))

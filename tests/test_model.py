@@ -344,8 +344,7 @@ def _load_options(pattern):
 
 
 def test_shipped_options_follow_the_paper_protocol():
-    from clsr_arch.archs.backbone_adapters import ADAPTERS
-    roi_pad = {cls.__name__: ad.defaults['roi_pad'] for cls, ad in ADAPTERS}
+    from clsr_arch.archs.backbone_adapters import adapter_class
     # the paper-protocol YAMLs (the real-world model of issue 21 has its own protocol and test)
     train = {k: v for k, v in _load_options('train/CLSR_*_x4.yml').items() if not k.endswith('_real_x4')}
     assert set(train) == {f'CLSR_{b}_x4' for b in ('CARN', 'CARN_M', 'SRResNet', 'RCAN', 'SwinIR_light', 'SwinIR')}
@@ -377,7 +376,7 @@ def test_shipped_options_follow_the_paper_protocol():
             assert opt['network_g'] == train_net['backbone'], name
             assert opt['path']['pretrain_network_g'] == train_net['pretrain_backbone'], name
         if mode == 'pre_crop':  # the padding CLSR's base branch sees for this backbone
-            assert opt['val']['pre_crop_pad'] == roi_pad[opt['network_g']['type']], name
+            assert opt['val']['pre_crop_pad'] == adapter_class(opt['network_g']['type']).defaults['roi_pad'], name
 
 
 def test_fix_base_trains_only_the_context_modules(tmp_path):

@@ -23,8 +23,11 @@ Per backbone the adapter also states ``multiple`` (input size constraint: SwinIR
 import torch
 from torch.nn import functional as F
 
+from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.rrdbnet_arch import RRDBNet
 from basicsr.archs.srresnet_arch import MSRResNet
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr.archs.swinir_arch import SwinIR
 
 from .carn_arch import CARN, CARN_M
@@ -260,23 +263,271 @@ class IMDNAdapter(StageAdapter):
         return n.upsampler(n.LR_conv(n.c(torch.cat(outs, dim=1))) + state['fea'])
 
 
+class EDSRAdapter(RCANAdapter):
+    """EDSR (BasicSR ``EDSR``; issue 24): RCAN's layout -- mean shift + conv_first, ``body``,
+    conv_after_body + long skip, upsampler, conv_last, mean back -- with one stage per residual
+    block (16 in EDSR-baseline, 32 in EDSR) instead of per residual group.
+
+    Defaults as SRResNet's (a 16-block, 64-channel body of the same cost, ~2.4 MFLOPs per LR
+    pixel): roi_pad 2, the GCM after the first block on N=48 windows."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 48, 'stage': 1}}
+
+
+class RRDBNetAdapter(StageAdapter):
+    """RRDBNet (BasicSR ``RRDBNet``, ESRGAN / Real-ESRGAN x4; issue 24): head = conv_first, a
+    stage = one RRDB of ``body`` (23), tail = conv_body + long skip, two nearest x2 + conv +
+    LReLU, conv_hr + LReLU, conv_last. Only ``scale=4``: RRDBNet x2/x1 pixel-unshuffle the input
+    first, so their features are not on the LR pixel grid the PIM crops and the GCM indexes.
+
+    Defaults: roi_pad 2 and ``gcm.stage 0`` (an RRDB costs ~1.4 MFLOPs per pixel: one on N=64
+    windows of 36 pixels would be ~3.3 GFLOPs, the head alone ~8 MFLOPs), as for RCAN."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 64, 'stage': 0}}
+
+    def __init__(self, net):
+        super().__init__(net)
+        if net.scale != 4:
+            raise ValueError(f'CLSR supports RRDBNet with scale 4 only, got scale {net.scale} (x2/x1 '
+                             'pixel-unshuffle the input: features off the LR pixel grid)')
+        if net.conv_first.in_channels != 3:
+            raise ValueError(f'CLSR needs an RGB backbone; RRDBNet has num_in_ch {net.conv_first.in_channels}')
+        self.num_feat = net.conv_first.out_channels
+        self.num_stages = len(net.body)
+
+    @property
+    def scale(self):
+        return int(self.net.scale)
+
+    def head(self, x):
+        feat = self.net.conv_first(x)
+        return {'shallow': feat, 'feat': feat}
+
+    def stage(self, i, state):
+        return {**state, 'feat': self.net.body[i](state['feat'])}
+
+    def tail(self, state):
+        n = self.net
+        feat = state['shallow'] + n.conv_body(state['feat'])
+        feat = n.lrelu(n.conv_up1(F.interpolate(feat, scale_factor=2, mode='nearest')))
+        feat = n.lrelu(n.conv_up2(F.interpolate(feat, scale_factor=2, mode='nearest')))
+        return n.conv_last(n.lrelu(n.conv_hr(feat)))
+
+
+class SRVGGNetCompactAdapter(StageAdapter):
+    """SRVGGNetCompact (BasicSR ``SRVGGNetCompact``, Real-ESRGAN's realesr-*-v3; issue 24): a
+    plain conv stack ``body = [conv, act, (conv, act) x num_conv, conv]``. Head = the first conv
+    and its activation; a stage = ``convs_per_stage`` (2) body convs, each with its activation
+    (the last stage takes what is left when ``num_conv`` is odd); tail = the last conv
+    (``num_feat -> 3 s^2``), pixel shuffle, + the nearest-upsampled input.
+
+    The feature GCM and PIM see is the activation's output, ``num_feat`` channels (the last conv's
+    ``3 s^2`` are the tail's); PReLU's per-channel slopes stay inside the stages. Two convs per
+    stage give one slim PIM block (two convs) per two base convs, as SRResNet's residual blocks.
+    Defaults as SRResNet's: roi_pad 2, the GCM after the first stage on N=48 windows."""
+
+    defaults = {'roi_pad': 2, 'gcm': {'num_windows': 48, 'stage': 1}}
+    convs_per_stage = 2
+
+    def __init__(self, net):
+        super().__init__(net)
+        if net.num_in_ch != 3 or net.num_out_ch != 3:
+            raise ValueError(f'CLSR needs an RGB backbone; SRVGGNetCompact has num_in_ch {net.num_in_ch}, '
+                             f'num_out_ch {net.num_out_ch}')
+        self.num_feat = net.num_feat
+        k = self.convs_per_stage
+        # body indices of each stage's (conv, act) pairs: body[2 + 2j], body[3 + 2j], j < num_conv
+        self.bounds = [(2 + 2 * j, 2 + 2 * min(j + k, net.num_conv)) for j in range(0, net.num_conv, k)]
+        self.num_stages = len(self.bounds)
+
+    @property
+    def scale(self):
+        return int(self.net.upscale)
+
+    def head(self, x):
+        return {'x': x, 'feat': self.net.body[1](self.net.body[0](x))}
+
+    def stage(self, i, state):
+        out = state['feat']
+        for layer in self.net.body[self.bounds[i][0]:self.bounds[i][1]]:
+            out = layer(out)
+        return {**state, 'feat': out}
+
+    def tail(self, state):
+        n = self.net
+        out = n.upsampler(n.body[-1](state['feat']))
+        return out + F.interpolate(state['x'], scale_factor=n.upscale, mode='nearest')
+
+
 def _to_map(tokens, size):
     b, _, c = tokens.shape
     return tokens.transpose(1, 2).reshape(b, c, size[0], size[1])
 
 
-# CARN_M before CARN: CARN_M subclasses CARN's base but not CARN, order only matters for clarity
-ADAPTERS = ((MSRResNet, MSRResNetAdapter), (RCAN, RCANAdapter), (CARN_M, CARNAdapter),
-            (CARN, CARNAdapter), (SwinIR, SwinIRAdapter), (IMDN, IMDNAdapter))
+# --- the adapter registry (issue 24, item 1) ---------------------------------------------------
+class AdapterRegistry:
+    """Stage adapters keyed by backbone, the way BasicSR's ``ARCH_REGISTRY`` keys archs.
+
+    A key is a backbone **class** or a **type name** (a string): a BasicSR type name (``'EDSR'``,
+    resolved through ``ARCH_REGISTRY`` when a net is looked up, so it may be registered before
+    the arch is) or a qualified class name ``'package.module.ClassName'`` (nothing is imported).
+    Lookup is by the net's exact class -- a subclass may change ``forward``, so it needs its own
+    registration (tested) -- first among class keys, then among name keys.
+    """
+
+    def __init__(self):
+        self._by_class = {}
+        self._by_name = {}
+
+    def register(self, backbone, adapter=None, override=False):
+        """Register ``adapter`` (a :class:`StageAdapter` subclass) for ``backbone``; without
+        ``adapter`` returns a class decorator. A key registered twice raises ``ValueError``
+        unless ``override`` (or unless it is the same adapter again)."""
+        if adapter is None:
+            return lambda cls: self.register(backbone, cls, override)
+        if not (isinstance(adapter, type) and issubclass(adapter, StageAdapter)):
+            raise TypeError(f'register_adapter: adapter must be a StageAdapter subclass, got {adapter!r}')
+        if isinstance(backbone, str):
+            table, key = self._by_name, backbone.strip()
+            if not key:
+                raise ValueError('register_adapter: empty backbone type name')
+        elif isinstance(backbone, type):
+            table, key = self._by_class, backbone
+        else:
+            raise TypeError(f'register_adapter: backbone must be a class or a type name, got {backbone!r}')
+        old = table.get(key)
+        if old is not None and old is not adapter and not override:
+            raise ValueError(f'register_adapter: {_key_name(key)!r} already has adapter {old.__name__} '
+                             f'(pass override=True to replace it with {adapter.__name__})')
+        table[key] = adapter
+        return adapter
+
+    def unregister(self, backbone):
+        """Remove the registration of ``backbone`` (class or name); returns its adapter or None."""
+        return (self._by_name if isinstance(backbone, str) else self._by_class).pop(backbone, None)
+
+    def lookup(self, backbone):
+        """The adapter class for a backbone module, class or type name; None when there is none."""
+        if isinstance(backbone, str):
+            if backbone in self._by_name:
+                return self._by_name[backbone]
+            cls = _registered_arch(backbone)
+            return None if cls is None else self.lookup(cls)
+        cls = backbone if isinstance(backbone, type) else type(backbone)
+        if cls in self._by_class:
+            return self._by_class[cls]
+        qualified = f'{cls.__module__}.{cls.__qualname__}'
+        for name, adapter in self._by_name.items():
+            arch = _registered_arch(name)
+            if arch is cls or (arch is None and name in (cls.__name__, qualified)):
+                return adapter
+        return None
+
+    def names(self):
+        """Every registered key as a name (classes by ``__name__``), in registration order."""
+        return [_key_name(k) for k in self._by_class] + list(self._by_name)
+
+    def items(self):
+        """``[(key, adapter class)]``, keys as registered (classes or names)."""
+        return list(self._by_class.items()) + list(self._by_name.items())
+
+
+def _key_name(key):
+    return key if isinstance(key, str) else key.__name__
+
+
+def _registered_arch(name):
+    """The class BasicSR's ARCH_REGISTRY holds under ``name``, or None."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    try:
+        return ARCH_REGISTRY.get(name)
+    except KeyError:
+        return None
+
+
+ADAPTER_REGISTRY = AdapterRegistry()
+
+
+def register_adapter(backbone, adapter=None, override=False):
+    """Register a stage adapter for a backbone class or BasicSR type name (see
+    :class:`AdapterRegistry`). As a decorator::
+
+        @register_adapter('EDSR')        # or @register_adapter(EDSR)
+        class EDSRAdapter(StageAdapter): ...
+    """
+    return ADAPTER_REGISTRY.register(backbone, adapter, override)
+
+
+def adapter_class(backbone):
+    """The registered adapter class for a backbone module, class or type name, or None."""
+    return ADAPTER_REGISTRY.lookup(backbone)
 
 
 def get_adapter(net):
     """The stage adapter for a built backbone module; ``ValueError`` for unsupported types."""
-    for cls, adapter in ADAPTERS:
-        if type(net) is cls:
-            return adapter(net)
-    names = ', '.join(cls.__name__ for cls, _ in ADAPTERS)
-    raise ValueError(f'CLSR has no stage adapter for backbone type {type(net).__name__!r}; supported: {names}')
+    adapter = ADAPTER_REGISTRY.lookup(net)
+    if adapter is None:
+        raise ValueError(f'CLSR has no stage adapter for backbone type {type(net).__name__!r}; registered: '
+                         f'{", ".join(ADAPTER_REGISTRY.names())}. Write one (docs/adapters.md) and name its module '
+                         f'in network_g.adapter_modules, or call register_adapter() before building the network')
+    return adapter(net)
+
+
+def import_adapter_modules(modules, what='adapter_modules'):
+    """Import each of ``modules`` -- dotted module names (``my_pkg.my_adapter``) or paths of
+    ``.py`` files -- for their registration side effects (adapters, and archs into BasicSR's
+    ARCH_REGISTRY); the YAML option ``network_g.adapter_modules``. Returns the modules. An
+    import that fails raises ``ValueError`` naming the module (or file) and why."""
+    import importlib
+    import importlib.util
+    import os.path as osp
+    import sys
+    import zlib
+
+    if modules is None:
+        return []
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in modules):
+        raise ValueError(f'{what} must be a list of module names or .py paths, got {modules!r}')
+    out = []
+    for name in modules:
+        name = name.strip()
+        if name.endswith('.py') or osp.sep in name:
+            path = osp.abspath(osp.expanduser(name))
+            if not osp.isfile(path):
+                raise ValueError(f'{what}: no such file {path!r}')
+            key = f'clsr_user_adapters.{osp.splitext(osp.basename(path))[0]}_{zlib.crc32(path.encode()):08x}'
+            if key in sys.modules:
+                out.append(sys.modules[key])
+                continue
+            spec = importlib.util.spec_from_file_location(key, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:
+                del sys.modules[key]
+                raise ValueError(f'{what}: importing {path!r} failed: {type(err).__name__}: {err}') from err
+        else:
+            try:
+                module = importlib.import_module(name)
+            except Exception as err:
+                raise ValueError(f'{what}: cannot import module {name!r}: {type(err).__name__}: {err}') from err
+        out.append(module)
+    return out
+
+
+# the built-in adapters
+register_adapter(MSRResNet, MSRResNetAdapter)
+register_adapter(RCAN, RCANAdapter)
+register_adapter(CARN_M, CARNAdapter)
+register_adapter(CARN, CARNAdapter)
+register_adapter(SwinIR, SwinIRAdapter)
+register_adapter(IMDN, IMDNAdapter)
+register_adapter(EDSR, EDSRAdapter)
+register_adapter(RRDBNet, RRDBNetAdapter)
+register_adapter(SRVGGNetCompact, SRVGGNetCompactAdapter)
 
 
 def run_backbone(net, lq, scale, size_multiple=1):

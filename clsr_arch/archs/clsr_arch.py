@@ -32,7 +32,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from ..utils.checkpoint import safe_load
 from . import roi as roi_ops
-from .backbone_adapters import get_adapter
+from .backbone_adapters import get_adapter, import_adapter_modules
 from .carn_arch import CARN, CARN_M, official_carn_m_to_single_scale
 from .gcm import GlobalContextModule
 from .pim import ProximityIntegrationBranch
@@ -121,12 +121,17 @@ class CLSR(nn.Module):
             defaults, window 6, heads 4), or None to disable the GCM.
         pim: ``{ratio}`` (default 0.1), or None to disable the PIM.
         pretrain_backbone: path of a plain-backbone checkpoint loaded strictly into ``base``.
+        adapter_modules: modules (dotted names or ``.py`` paths) imported first, for what they
+            register: a stage adapter for the backbone, and the backbone arch itself if BasicSR
+            does not know it (issue 24; docs/adapters.md).
     """
 
-    def __init__(self, backbone, roi_pad=None, gcm=DEFAULT, pim=DEFAULT, pretrain_backbone=None):
+    def __init__(self, backbone, roi_pad=None, gcm=DEFAULT, pim=DEFAULT, pretrain_backbone=None,
+                 adapter_modules=None):
         super().__init__()
         if not isinstance(backbone, dict) or 'type' not in backbone:
             raise ValueError(f'CLSR option backbone must be a dict with a type, got {backbone!r}')
+        import_adapter_modules(adapter_modules, 'CLSR option adapter_modules')
         self.base = build_network(copy.deepcopy(dict(backbone)))
         self.adapter = get_adapter(self.base)
         defaults = self.adapter.defaults
