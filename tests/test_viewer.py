@@ -28,7 +28,7 @@ def served(model):
     store = ImageStore(model, cache_bytes=2 ** 30, max_pixels=50e6)
     zebra = store.add(ZEBRA)
     baby = store.add(BABY, degrade=True)
-    app = create_app(store, max_box=96, max_upload_bytes=2 ** 20, post_crop_pixels=128 * 128)
+    app = create_app(store, max_box=96, max_upload_bytes=2 ** 20)
     return TestClient(app, raise_server_exceptions=False), store, zebra.id, baby.id
 
 
@@ -46,7 +46,11 @@ def test_page_info_and_image_list(served):
     images = {im['id']: im for im in client.get('/api/images').json()['images']}
     assert images[zebra]['width'] == 586 and images[zebra]['height'] == 391 and not images[zebra]['ground_truth']
     assert images[baby]['width'] == 128 and images[baby]['ground_truth'] and images[baby]['post_crop']
-    assert not images[zebra]['post_crop']  # 229k LR pixels: post-crop not offered
+    # post-crop is offered whenever the memory budget allows it (no fixed pixel rule), priced before it runs
+    offer = images[zebra]['post_crop_offer']
+    assert images[zebra]['post_crop'] and offer['offered'] and offer['tile'] is None and not offer['cached']
+    assert offer['gflops'] == pytest.approx(store.model.cost.base(391, 586) / 1e9)
+    assert offer['seconds'] == pytest.approx(offer['gflops'] / store.model.gflops_per_second())
     lr = client.get(f'/api/images/{zebra}/lr.png')
     assert lr.headers['content-type'] == 'image/png'
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(lr.content, np.uint8), cv2.IMREAD_COLOR),
@@ -73,19 +77,67 @@ def test_sr_equals_the_python_api_and_the_context_is_encoded_once(served, model)
 def test_every_method_with_ground_truth(served, model):
     client, store, zebra, baby = served
     box = [40, 50, 24, 24]
+    before = {im['id']: im for im in client.get('/api/images').json()['images']}[baby]['post_crop_offer']
+    assert before['offered'] and not before['cached'] and before['seconds'] > 0  # said before it runs
     body = client.post(f'/api/images/{baby}/sr', json={'box': box, 'methods': ['clsr', 'bicubic', 'pre_crop',
-                                                                              'post_crop']}).json()
+                                                                              'post_crop'],
+                                                      'ground_truth': True}).json()
     res = body['results']
+    entry = store.get(baby)
+    assert body['ground_truth']['width'] == 96
+    np.testing.assert_array_equal(decode_png(body['ground_truth']['png']), entry.hr[200:296, 160:256])
+    # post-crop ran the whole image once (priced as such) and is cached: the next box only crops it
+    assert res['post_crop']['estimated_ms'] == pytest.approx(before['seconds'] * 1e3, rel=0.01)
+    assert res['post_crop']['gflops'] == pytest.approx(before['gflops'])
+    after = body['post_crop_offer']
+    assert after['cached'] and after['seconds'] == 0
+    again = client.post(f'/api/images/{baby}/sr', json={'box': [0, 0, 8, 8], 'methods': ['post_crop']}).json()
+    assert again['results']['post_crop']['estimated_ms'] == 0 and again['results']['post_crop']['ms'] < 1000
     assert set(res) == {'clsr', 'bicubic', 'pre_crop', 'post_crop'}
     for m, r in res.items():
         assert decode_png(r['png']).shape == (96, 96, 3) and r['width'] == 96
         assert r['gflops'] > 0 and r['ms'] >= 0 and 20 < r['psnr_y'] < 50, m
     assert res['bicubic']['psnr_y'] < min(res[m]['psnr_y'] for m in ('clsr', 'pre_crop', 'post_crop'))
     assert res['bicubic']['gflops'] < res['pre_crop']['gflops'] < res['clsr']['gflops'] < res['post_crop']['gflops']
-    entry = store.get(baby)
     with model.open(entry.image.rgb) as image:
-        post = image.super_resolve([tuple(box)], method='post_crop')[0]
-    assert_same_uint8(decode_png(res['post_crop']['png']), post)
+        post = image.super_resolve([tuple(box), (0, 0, 8, 8)], method='post_crop')
+    assert_same_uint8(decode_png(res['post_crop']['png']), post[0])
+    assert_same_uint8(decode_png(again['results']['post_crop']['png']), post[1])
+
+
+def test_post_crop_is_offered_by_the_memory_budget(model):
+    """No fixed pixel rule: post-crop is refused only when the budget refuses it (tiling off and
+    the whole image too large), runs over the tiles a box touches when only tiles fit, and is
+    priced per box then."""
+    need = model.whole_bytes((128, 128)) * 1.5  # the budget's SAFETY
+    strict = LocalSR(net=model.net, device='cpu', tile=0, max_memory=int(need * 0.9))
+    strict._speed = model.gflops_per_second()  # the same network here: spare measuring it again
+    store = ImageStore(strict, cache_bytes=2 ** 30, max_pixels=50e6)
+    baby = store.add(BABY, degrade=True)
+    bird = store.add(shared('Set5', 'HR', 'bird.png'), degrade=True)  # 72x72 LR: fits
+    client = TestClient(create_app(store))
+    images = {im['id']: im for im in client.get('/api/images').json()['images']}
+    assert not images[baby.id]['post_crop'] and images[bird.id]['post_crop']
+    assert 'tiling is disabled' in images[baby.id]['post_crop_offer']['reason']
+    r = client.post(f'/api/images/{baby.id}/sr', json={'box': [0, 0, 8, 8], 'methods': ['bicubic']})
+    assert r.status_code == 200 and not r.json()['post_crop_offer']['offered']
+    r = client.post(f'/api/images/{baby.id}/sr', json={'box': [0, 0, 8, 8], 'methods': ['post_crop']})
+    assert r.status_code == 400 and 'post-crop does not fit' in r.json()['error']
+
+    tiled = LocalSR(net=model.net, device='cpu', tile=32, tile_overlap=4)
+    tiled._speed = model.gflops_per_second()
+    store = ImageStore(tiled, cache_bytes=2 ** 30, max_pixels=50e6)
+    baby = store.add(BABY, degrade=True)
+    client = TestClient(create_app(store))
+    offer = client.get('/api/images').json()['images'][0]['post_crop_offer']
+    assert offer['offered'] and offer['tile'] == 32 and offer['gflops'] is None  # priced per box
+    body = client.post(f'/api/images/{baby.id}/sr', json={'box': [40, 50, 8, 8], 'methods': ['post_crop']}).json()
+    one_tile = tiled.cost.base(40, 40) / 1e9  # the box's tile grown by the overlap
+    assert body['results']['post_crop']['gflops'] == pytest.approx(one_tile)
+    assert body['post_crop_offer']['gflops'] == pytest.approx(one_tile) and not body['post_crop_offer']['cached']
+    with tiled.open(baby.image.rgb) as image:
+        assert_same_uint8(decode_png(body['results']['post_crop']['png']),
+                          image.super_resolve([(40, 50, 8, 8)], method='post_crop')[0])
 
 
 def test_download_is_the_clsr_png(served):
@@ -122,7 +174,7 @@ def test_upload_and_its_limits(served, tmp_path):
     ('/api/images/{z}/sr', {'box': 'everything'}, 422, 'bad request: box'),
     ('/api/images/{z}/sr', {'box': [0, 0, 97, 8]}, 400, 'boxes up to 96x96'),
     ('/api/images/{z}/sr', {'box': [0, 0, 8, 8], 'methods': ['sharpen']}, 400, "methods ['sharpen']"),
-    ('/api/images/{z}/sr', {'box': [0, 0, 8, 8], 'methods': ['post_crop']}, 400, 'post-crop is offered only'),
+    ('/api/images/{z}/sr', {'box': [0, 0, 8, 8], 'ground_truth': True}, 400, 'zebra.png has no ground truth'),
     ('/api/images/{z}/sr', None, 422, 'bad request'),
 ])
 def test_bad_requests_are_4xx_json(served, path, body, status, needle):

@@ -32,8 +32,12 @@ def build_parser():
     p.add_argument('--max-upload', default='20M', help='largest upload (default 20M)')
     p.add_argument('--max-pixels', type=float, default=50e6, help='largest LR image in pixels (default 50e6)')
     p.add_argument('--cache-memory', default='2G', help='memory for cached context passes (default 2G)')
-    p.add_argument('--post-crop-pixels', type=int, default=160 * 160,
-                   help='offer post-crop for LR images up to this many pixels (default 25600)')
+    p.add_argument('--max-memory', metavar='BYTES',
+                   help='memory budget of every pass, e.g. 8G (default: 80%% of the available RAM); post-crop is '
+                        'offered whenever it fits it, untiled or over tiles')
+    p.add_argument('--tile', default='auto', metavar='auto|0|N',
+                   help='LR tile size of passes that do not fit the budget (default auto; 0: never tile, so '
+                        'post-crop of an image too large for the budget is not offered)')
     return p
 
 
@@ -46,11 +50,20 @@ def make_app(args):
         upload, cache = parse_bytes(args.max_upload), parse_bytes(args.cache_memory)
     except ValueError as err:
         raise LocalSRError(str(err)) from None
-    model = LocalSR(*model_paths(args), device=args.device, threads=args.threads)
+    tile = args.tile
+    if tile != 'auto':
+        try:
+            tile = int(tile)
+        except ValueError:
+            tile = -1
+        if tile < 0:
+            raise LocalSRError(f"--tile {args.tile!r}: expected 'auto', 0 (no tiling) or a tile size in LR pixels")
+    model = LocalSR(*model_paths(args), device=args.device, threads=args.threads, max_memory=args.max_memory,
+                    tile=tile)
     store = ImageStore(model, cache_bytes=cache, max_pixels=args.max_pixels)
     for path in args.images:
         store.add(path, degrade=args.degrade)
-    return create_app(store, max_box=args.max_box, max_upload_bytes=upload, post_crop_pixels=args.post_crop_pixels)
+    return create_app(store, max_box=args.max_box, max_upload_bytes=upload)
 
 
 def main(argv=None):
