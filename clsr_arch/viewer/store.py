@@ -25,7 +25,7 @@ class ViewerImage:
     def __init__(self, image_id, name, image, hr):
         self.id, self.name, self.image, self.hr = image_id, name, image, hr
         self.lock = threading.Lock()  # one computation at a time per image (two tabs, one context)
-        self.post_crop = None         # float [3, sH, sW] whole-image SR, small images only
+        self.post_crop = None         # uint8 [sH, sW, 3] whole-image SR (app.py: when it runs untiled)
 
     @property
     def hw(self):
