@@ -94,6 +94,7 @@ net = model.model_to_device(torch.nn.Linear(2, 1, bias=False))  # basicsr: cuda.
 net(torch.full((1, 2), float(rank + 1))).sum().backward()
 with open(os.path.join({out!r}, f'rank{{rank}}.txt'), 'w') as f:  # all-reduced mean over ranks
     f.write(str(net.module.weight.grad.tolist()))
+torch.distributed.barrier()  # gloo aborts a rank whose peer tears down mid-flight ('terminate called ...')
 torch.distributed.destroy_process_group()
 """
 
@@ -108,9 +109,14 @@ def test_torchrun_two_processes_on_cpu_uses_gloo(tmp_path):
     probe = tmp_path / 'probe.py'
     probe.write_text(DDP_PROBE.format(repo=REPO, out=str(tmp_path)))
     torchrun = osp.join(osp.dirname(sys.executable), 'torchrun')
-    proc = subprocess.run([torchrun, '--nproc_per_node=2', '--master_addr=127.0.0.1', f'--master_port={_free_port()}',
-                           str(probe)], capture_output=True, text=True, timeout=180, env=dict(os.environ,
-                                                                                            OMP_NUM_THREADS='1'))
+    for attempt in range(2):
+        proc = subprocess.run([torchrun, '--nproc_per_node=2', '--master_addr=127.0.0.1',
+                               f'--master_port={_free_port()}', str(probe)], capture_output=True, text=True,
+                              timeout=180, env=dict(os.environ, OMP_NUM_THREADS='1'))
+        # one retry only for gloo's rare abort while a process exits (seen once on a loaded CI
+        # machine, never in 20 runs here): any other failure, or the same one twice, fails
+        if proc.returncode == 0 or 'terminate called without an active exception' not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     grads = [(tmp_path / f'rank{r}.txt').read_text() for r in (0, 1)]
     assert grads == ['[[1.5, 1.5]]'] * 2  # mean of the ranks' inputs 1 and 2: gradients were all-reduced

@@ -53,6 +53,9 @@ class Ranks:
     def close(self):
         if self._group:
             import torch.distributed as dist
+            # gloo aborts a rank ('terminate called without an active exception') when its peer
+            # destroys the group while it is still in flight: leave together
+            dist.barrier()
             dist.destroy_process_group()
             self._group = False
 
