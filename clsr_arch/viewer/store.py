@@ -4,7 +4,7 @@ Not from the paper: the paper's Sec. 3.4 shared context pass is what makes an in
 viewer possible -- encode an image once, then every box only decodes. This store keeps the
 encoded contexts of the most recently used images within ``cache_bytes`` (their PIM features
 and GCM keys; least recently used evicted first, its pixels kept so it re-encodes on the next
-box) and, for small images, post-crop's whole HR output.
+box) and post-crop's whole HR output once a box asked for it (when it runs untiled).
 """
 import itertools
 import os.path as osp
