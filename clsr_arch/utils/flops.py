@@ -131,6 +131,14 @@ PAPER_BACKBONES = {
     'SwinIR': ({'type': 'SwinIR', 'upscale': 4, 'img_size': 48, 'window_size': 8, 'embed_dim': 180,
                 'depths': [6] * 6, 'num_heads': [6] * 6, 'mlp_ratio': 2, 'upsampler': 'pixelshuffle'},
                (15.08, 23.23, 31.02, 814.40)),
+    # BasicSR's other SR archs (issue 24; not in the paper): EDSR-baseline, ESRGAN's RRDBNet,
+    # Real-ESRGAN's realesr-general-x4v3 (SRVGGNetCompact, 32 convs)
+    'EDSR': ({'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 16, 'upscale': 4},
+             (None, None, None, None)),
+    'RRDBNet': ({'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 4, 'num_feat': 64, 'num_block': 23,
+                 'num_grow_ch': 32}, (None, None, None, None)),
+    'SRVGGNetCompact': ({'type': 'SRVGGNetCompact', 'num_feat': 64, 'num_conv': 32, 'upscale': 4},
+                        (None, None, None, None)),
 }
 BSD100_HW, URBAN100_HW = (144, 216), (384, 480)
 
