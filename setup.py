@@ -32,6 +32,9 @@ setup(
         'tifffile>=2024.8.10',
         'zarr>=3',
         'imagecodecs',
+        # any SR network people bring (.pth/.safetensors of ESRGAN, SwinIR, HAT, CRAFT, ...) for
+        # LocalSR.from_model / --model-path (issue 24); CRAFT's arch for CLSR-CRAFT
+        'spandrel>=0.4.2',
     ],
     # httpx: FastAPI's TestClient; playwright: the real-browser test (drives the system Chromium)
     extras_require={'dev': ['pytest', 'pytest-timeout', 'httpx', 'playwright']},
