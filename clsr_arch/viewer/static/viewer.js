@@ -207,15 +207,25 @@ window.addEventListener('mouseup', () => {
 $('suggest').addEventListener('click', async () => {
   if (!state.current) return;
   const im = state.current;
+  const button = $('suggest');
   const size = Math.min(48, im.width, im.height, state.info.max_box);
-  status('estimating where SR gains most ...');
+  const waiting = 'estimating where SR gains most ...';
+  button.disabled = true;  // one request at a time; re-enabled whatever happens (issue 23)
+  message('');
+  status(waiting);
   try {
     const body = await api(`/api/images/${im.id}/proposals?n=5&size=${size}`);
     if (state.current !== im) return;
     state.suggestions = body.boxes;
     draw();
-    status(`${body.boxes.length} suggested boxes (dashed, by the PIM's predicted detail): click one to super-resolve it.`);
-  } catch (e) { message(e.message); }
+    const what = body.estimator === 'cnn' ? 'estimated gain over bicubic, dB' : `score by ${body.estimator}`;
+    status(`${body.boxes.length} suggested boxes (dashed; ${what}: ${body.scores.map((v) => v.toFixed(2)).join(', ')}): click one to super-resolve it.`);
+  } catch (e) {
+    message(`suggest where to look: ${e.message}`);
+  } finally {
+    button.disabled = false;
+    if ($('status').textContent === waiting) status('');  // never left on "estimating"
+  }
 });
 canvas.addEventListener('wheel', (ev) => {
   if (!state.img) return;
