@@ -263,17 +263,38 @@ class SelectiveSR:
         hw = rgb_u8.shape[:2]
         plan = self.plan(hw, scores, k)
         s = self.scale
-        if plan['whole']:
-            out = self.heavy(rgb_u8, plan['boxes'][0])
-            return to_u8(out), plan
-        out = (self.fallback(rgb_u8) if fallback is None else fallback).clone()
         cache = {} if cache is None else cache
+        if plan['whole']:
+            box = plan['boxes'][0]
+            if box not in cache:
+                cache[box] = self.heavy(rgb_u8, box)
+            return to_u8(cache[box]), plan
+        out = (self.fallback(rgb_u8) if fallback is None else fallback).clone()
         for box in plan['boxes']:
             if box not in cache:
                 cache[box] = self.heavy(rgb_u8, box)
             x, y, w, h = box
             out[..., s * y:s * (y + h), s * x:s * (x + w)] = cache[box]
         return to_u8(out), plan
+
+
+def lite_detail(fallback, rgb_u8, boxes, scale=4):
+    """A free estimator of where the heavy network pays: per tile, the mean squared detail the
+    light network adds over bilinear, ``mean((LiteSR - bilinear)^2)`` on the luminance (the PIM
+    detail idea of :class:`clsr_arch.selective.PIMResidual`, on the fallback that runs anyway;
+    squared, because whole-image PSNR is set by the MSE). ``fallback``: :meth:`SelectiveSR.fallback`."""
+    x = to_tensor(rgb_u8, fallback.device)
+    with torch.no_grad():
+        up = F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False)
+        w = torch.tensor((65.481, 128.553, 24.966), device=fallback.device).view(1, 3, 1, 1)
+        d = (((fallback - up) * w).sum(1)[0] ** 2).cpu().numpy()
+    from .selective import box_means
+    return box_means(d, [(scale * bx, scale * by, scale * bw, scale * bh) for bx, by, bw, bh in boxes])
+
+
+def lite_detail_flops(h, w, scale=4):
+    """Its FLOPs: the bilinear (counted as in :func:`lite_flops`), difference, luma, square, tile sums."""
+    return 3 * (scale * h) * (scale * w) * 4 * 2 + (scale * h) * (scale * w) * (3 + 5 + 1 + 1)
 
 
 # ------------------------------------------------------------------------------ training
