@@ -83,39 +83,142 @@ def drag_box(page, box):
     page.mouse.up()
 
 
-def shown_sr(page, box):
+def shown(page, selector, box):
+    """``(naturalWidth, naturalHeight, RGB pixels)`` of a result image once it shows ``box``."""
     key = ','.join(map(str, box))
-    page.wait_for_selector(f'#sr-clsr[data-box="{key}"]', timeout=30000)
-    natural = page.evaluate("(() => { const i = document.getElementById('sr-clsr'); "
+    page.wait_for_selector(f'{selector}[data-box="{key}"]', state='attached', timeout=60000)
+    natural = page.evaluate(f"(() => {{ const i = document.querySelector('{selector}'); "
                             "return [i.naturalWidth, i.naturalHeight, i.src]; })()")
     png = base64.b64decode(natural[2].split(',', 1)[1])
     return natural[0], natural[1], cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def shown_sr(page, box):
+    return shown(page, '#sr-clsr', box)
+
+
+PANELS_JS = """[...document.querySelectorAll('#panels .panel')].map((f) => {
+  const i = f.querySelector('img.out'), p = f.querySelector('.pane');
+  return {method: f.dataset.method, nw: i.naturalWidth, nh: i.naturalHeight, cw: i.clientWidth, ch: i.clientHeight,
+          left: i.offsetLeft, top: i.offsetTop, pw: p.clientWidth, ph: p.clientHeight,
+          rendering: getComputedStyle(i).imageRendering, styled: i.style.width};
+})"""
+
+
+def panels(page):
+    return {p['method']: p for p in page.evaluate(PANELS_JS)}
+
+
+def pane_pixels(page, method):
+    """What the screen shows in a method's panel, RGB: a screenshot of its pane's rectangle as
+    Chromium paints it, snapped to whole pixels (a layout position like 970.2 paints at 970)."""
+    r = page.locator(f'.panel[data-method="{method}"] .pane').bounding_box()
+    png = page.screenshot(clip={'x': round(r['x']), 'y': round(r['y']), 'width': round(r['width']),
+                                'height': round(r['height'])})
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
 def test_drag_a_box_and_see_its_sr(server, tmp_path):
     from playwright.sync_api import sync_playwright
     executable = chromium_path()
     url, model, zebra = server
+    s = 4
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=['--no-sandbox'])
         page = browser.new_page(viewport={'width': 1400, 'height': 860})
-        errors = []
+        errors, sr_posts = [], []
         page.on('pageerror', lambda e: errors.append(str(e)))
+        page.on('request', lambda r: sr_posts.append(r.url) if r.url.endswith('/sr') else None)
         page.goto(url)
         page.wait_for_function("document.getElementById('status').textContent.startsWith('Drag')", timeout=30000)
         assert page.locator('#images button').count() == 2
+
+        # a click, or a drag shorter than the minimum, selects nothing (it used to run a 1x1 box)
+        rect = page.locator('#canvas').bounding_box()
+        page.mouse.click(rect['x'] + rect['width'] / 2, rect['y'] + rect['height'] / 2)
+        page.mouse.move(rect['x'] + 100, rect['y'] + 100)
+        page.mouse.down()
+        page.mouse.move(rect['x'] + 102, rect['y'] + 101, steps=2)
+        page.mouse.up()
+        assert 'selects nothing' in page.inner_text('#status')
+        assert page.evaluate('state.box') is None and page.locator('#compare').is_hidden() and sr_posts == []
 
         with model.open(zebra.image.rgb) as image:
             box = (34, 14, 40, 30)
             drag_box(page, box)
             w, h, got = shown_sr(page, box)
-            assert (w, h) == (4 * box[2], 4 * box[3])
+            assert (w, h) == (s * box[2], s * box[3])
             assert_same_uint8(got, image.super_resolve([box], plan=False)[0])
-            # the comparison row (bicubic, pre-crop, post-crop: a small image) with PSNR labels
-            page.wait_for_selector('#sr-post_crop-tile', timeout=30000)
-            captions = page.locator('#others figcaption').all_inner_texts()
-            assert len(captions) == 3 and all('GFLOPs' in c and 'PSNR-Y' in c for c in captions)
-            assert 'PSNR-Y' in page.inner_text('#clsr-label')
+            page.wait_for_selector('body[data-busy="0"]', timeout=60000)
+            # every method side by side at the same scale: 1:1 HR pixels, no CSS scaling
+            shown_panels = panels(page)
+            assert list(shown_panels) == ['bicubic', 'pre_crop', 'clsr', 'post_crop', 'ground_truth']
+            for m, q in shown_panels.items():
+                if m == 'post_crop':  # offered (the budget allows it), not run yet
+                    continue
+                assert (q['nw'], q['nh']) == (160, 120) and (q['cw'], q['ch']) == (160, 120) and q['styled'] == '', m
+                assert (q['pw'], q['ph'], q['left'], q['top']) == (160, 120, 0, 0) and q['rendering'] == 'pixelated', m
+            # what the screen shows is the SR's pixels, one screen pixel each
+            assert_same_uint8(pane_pixels(page, 'clsr'), got)
+            truth = zebra.hr[s * 14:s * 44, s * 34:s * 74]
+            assert_same_uint8(shown(page, '#out-ground_truth', box)[2], truth)
+            assert_same_uint8(pane_pixels(page, 'ground_truth'), truth)
+            bic = shown(page, '#out-bicubic', box)[2]
+            assert_same_uint8(bic, image.super_resolve([box], method='bicubic')[0])
+            assert_same_uint8(pane_pixels(page, 'bicubic'), bic)
+            captions = page.locator('#panels figcaption').all_inner_texts()
+            assert all('GFLOPs' in c and 'PSNR-Y' in c for c in captions[:3]), captions
+            # post-crop: offered with its estimated time before it runs; runs on a click
+            run = page.inner_text('#run-post-crop')
+            assert run.startswith('Run post-crop: the whole image, once') and 'GFLOPs, estimated' in run, run
+            page.click('#run-post-crop')
+            _, _, post = shown(page, '#out-post_crop', box)
+            assert_same_uint8(post, image.super_resolve([box], method='post_crop')[0])
+            page.wait_for_selector('body[data-busy="0"]', timeout=60000)
+            assert 'estimated' in page.inner_text('.panel[data-method="post_crop"] figcaption')
+
+            # one zoom for all: the wheel over one panel zooms every panel, pixelated (2x2 blocks)
+            pane = page.locator('.panel[data-method="clsr"] .pane').bounding_box()
+            page.mouse.move(pane['x'] + 40, pane['y'] + 30)
+            page.mouse.wheel(0, -100)
+            page.wait_for_function("document.getElementById('panels').dataset.zoom === '2'", timeout=10000)
+            z2 = panels(page)
+            for m, q in z2.items():
+                assert (q['cw'], q['ch']) == (320, 240) and q['rendering'] == 'pixelated', m
+                assert (q['left'], q['top'], q['pw'], q['ph']) == (z2['clsr']['left'], z2['clsr']['top'],
+                                                                 z2['clsr']['pw'], z2['clsr']['ph']), m
+            blocks = np.repeat(np.repeat(post, 2, 0), 2, 1)
+            q = z2['post_crop']
+            assert_same_uint8(pane_pixels(page, 'post_crop'),
+                              blocks[-q['top']:-q['top'] + q['ph'], -q['left']:-q['left'] + q['pw']])
+            # zoom once more (panels larger than the pane's room), then one drag pans all
+            page.mouse.wheel(0, -100)
+            page.wait_for_function("document.getElementById('panels').dataset.zoom === '3'", timeout=10000)
+            z3 = panels(page)
+            assert z3['clsr']['pw'] < 480 or z3['clsr']['ph'] < 360  # cropped: there is something to pan
+            pane = page.locator('.panel[data-method="bicubic"] .pane').bounding_box()
+            page.mouse.move(pane['x'] + pane['width'] / 2, pane['y'] + pane['height'] / 2)
+            page.mouse.down()
+            page.mouse.move(pane['x'] + pane['width'] / 2 + 30, pane['y'] + pane['height'] / 2 + 20, steps=3)
+            page.mouse.up()
+            moved = panels(page)
+            for m, q in moved.items():
+                assert (q['cw'], q['left'], q['top']) == (480, moved['clsr']['left'], moved['clsr']['top']), m
+            assert (moved['clsr']['left'], moved['clsr']['top']) != (z3['clsr']['left'], z3['clsr']['top'])
+            page.click('#zoom-1')
+            assert all(q['cw'] == q['nw'] == 160 for q in panels(page).values())
+
+            # the next box gets post-crop at once: the whole image ran once and is cached
+            box2 = (70, 50, 48, 40)
+            drag_box(page, box2)
+            _, _, post2 = shown(page, '#out-post_crop', box2)
+            assert_same_uint8(post2, image.super_resolve([box2], method='post_crop')[0])
+            page.wait_for_selector('body[data-busy="0"]', timeout=60000)
+            assert all((q['cw'], q['ch']) == (192, 160) for q in panels(page).values())
+            page.screenshot(path=str(tmp_path / 'viewer.png'))
+            if os.environ.get('CLSR_UPDATE_SCREENSHOT'):
+                page.screenshot(path=os.path.join(REPO, 'docs', 'viewer.png'))
+
             # where to look: suggested boxes, and a click inside one super-resolves exactly it
             page.click('#suggest')
             page.wait_for_function('state.suggestions.length > 0', timeout=30000)  # up to 5 fit
@@ -128,9 +231,6 @@ def test_drag_a_box_and_see_its_sr(server, tmp_path):
             assert (w, h) == (4 * first[2], 4 * first[3])
             assert_same_uint8(got, image.super_resolve([tuple(first)], plan=False)[0])
             page.wait_for_selector('body[data-busy="0"]', timeout=30000)
-            page.screenshot(path=str(tmp_path / 'viewer.png'))
-            if os.environ.get('CLSR_UPDATE_SCREENSHOT'):
-                page.screenshot(path=os.path.join(REPO, 'docs', 'viewer.png'))
 
             # zoom in with the wheel over the image, then a box at the bottom-right border
             rect = page.locator('#canvas').bounding_box()
