@@ -319,6 +319,7 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, worker=None):
                        'width': rgb.shape[1], 'height': rgb.shape[0]}
                 if m == 'post_crop':  # what was said before it ran, beside what it took
                     rec['estimated_ms'] = None if offer['seconds'] is None else offer['seconds'] * 1e3
+                    rec['cached'] = offer['cached']  # a crop of the whole-image SR run for an earlier box
                 if gt is not None:
                     rec['psnr_y'] = float(calculate_psnr(rgb[:, :, ::-1], gt[:, :, ::-1], 0, test_y_channel=True))
                 rec['png'] = base64.b64encode(png_bytes(rgb)).decode('ascii')

@@ -273,6 +273,7 @@ function seconds(s) {
 
 function label(method, r) {
   let t = `${LABELS[method]}: ${seconds(r.ms / 1000)}, ${r.gflops.toPrecision(3)} GFLOPs`;
+  if (r.cached) t = `${LABELS[method]}: ${r.gflops.toPrecision(3)} GFLOPs once per image (whole-image SR kept), this crop ${seconds(r.ms / 1000)}`;
   if (r.estimated_ms) t += ` (estimated ${seconds(r.estimated_ms / 1000)})`;
   if (r.psnr_y !== undefined) t += `\nPSNR-Y ${r.psnr_y.toFixed(2)} dB`;
   return t;
