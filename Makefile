@@ -10,7 +10,7 @@ install: $(STAMP)
 
 # torch/torchvision are pinned to the pair measured to work with basicsr 1.4.2.
 # basicsr builds from its sdist; its setup.py imports torch, hence no build isolation.
-$(STAMP): setup.py
+$(STAMP): setup.py clsr_basicsr_hook.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1

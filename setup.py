@@ -1,5 +1,34 @@
 """clsr: context-aware localized super-resolution (LocalSR / CLSR) as a BasicSR plugin."""
+import os.path as osp
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+# issue 24: a startup hook so that a plain `import basicsr` works in this environment
+# (clsr_basicsr_hook.py, clsr_arch/compat.py). The .pth must sit at the top of site-packages:
+# build_py puts it at the root of a built wheel, editable_wheel at the root of the editable one.
+HOOK_PTH = 'clsr_basicsr_hook.pth'
+
+
+class build_py_with_pth(build_py):
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            self.copy_file(HOOK_PTH, osp.join(self.build_lib, HOOK_PTH), preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        return outputs if self.editable_mode else outputs + [osp.join(self.build_lib, HOOK_PTH)]
+
+
+class editable_wheel_with_pth(editable_wheel):
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        shutil.copyfile(HOOK_PTH, osp.join(unpacked_wheel, HOOK_PTH))  # the wheel's root: site-packages
+        return result
+
 
 setup(
     name='clsr',
@@ -8,6 +37,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['clsr_arch', 'clsr_arch.*']),
+    py_modules=['clsr_basicsr_hook'],
+    cmdclass={'build_py': build_py_with_pth, 'editable_wheel': editable_wheel_with_pth},
     include_package_data=True,
     python_requires='>=3.9',
     install_requires=[

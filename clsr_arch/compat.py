@@ -1,8 +1,27 @@
 """Fixes for basicsr 1.4.2 on today's torch/torchvision and on CPU, applied at import time.
 
-``clsr_arch/__init__.py`` imports this module before anything from basicsr. Nothing in
-site-packages is edited: each fix replaces one name in one basicsr module, and each is tested
-in ``tests/test_compat.py`` by a test that fails without it.
+Nothing in site-packages is edited: each fix replaces one name in one basicsr module, and each is
+tested in ``tests/test_compat.py`` by a test that fails without it. They are applied
+
+* by ``import clsr_arch`` (``clsr_arch/__init__.py`` imports this module before anything from
+  basicsr), and
+* **when any program imports basicsr** in an environment where clsr is installed (issue 24):
+  ``clsr_basicsr_hook.pth``, which setup.py puts into site-packages (``pip install -e`` too),
+  registers two meta-path finders at interpreter start (:mod:`clsr_basicsr_hook`; no torch, no
+  basicsr import, ~0.1 ms): one serves fix 1's alias module when torchvision lacks it, the
+  other imports this module right after the ``basicsr`` package has executed. So ``python -c
+  "import basicsr"``, a user's own BasicSR scripts and BasicSR's own ``basicsr/train.py`` (also
+  ``python -m basicsr.train``, which runs as ``__main__``: fix 2b) work unchanged, with clsr's
+  archs/datasets/models registered. ``CLSR_BASICSR_HOOK=0`` turns the hook off.
+
+Why a startup hook and not the alternatives the issue lists: another torchvision pin cannot
+help -- ``transforms.functional_tensor`` was removed in torchvision 0.17 and each torchvision
+pins its torch, so none that has it installs beside the fixed torch 2.14.1; a fork on PyPI
+(``basicsr-fixed`` 1.4.2, say) fixes only the import, not resuming on CPU (fix 2) nor the
+others, and would replace the basicsr 1.4.2 every measurement and shipped checkpoint of this
+project was made with (its code not reviewed here). The hook changes nothing until basicsr is
+imported, then applies the same, already tested, patches as ``import clsr_arch``: the pinned
+packages and their files stay as they are, and every other test keeps its behaviour.
 
 1. ``import basicsr`` fails with ``ModuleNotFoundError: torchvision.transforms.functional_tensor``
    (torchvision removed that private module; basicsr.data.degradations imports
@@ -12,6 +31,10 @@ in ``tests/test_compat.py`` by a test that fails without it.
    auto-resume looks for ``experiments/<name>`` relative to the current directory rather than
    the project root. Fix: :func:`load_resume_state` below, which also loads with
    ``weights_only=True`` and skips a damaged newest state instead of crashing on it.
+   2b. ``python -m basicsr.train`` / ``python basicsr/train.py`` run train.py's code as
+   ``__main__``, with its own copy of ``load_resume_state``: ``basicsr.utils.options.
+   parse_options`` (which that code imports after this module ran) becomes a wrapper that
+   swaps BasicSR's copy in its caller's globals for :func:`load_resume_state`.
 3. The pytorch DDP launcher calls ``torch.cuda.set_device`` and uses nccl, and
    ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]``: both fail
    on a CPU machine. Fix: gloo and no device ids when CUDA is absent, so
@@ -70,6 +93,8 @@ _log = logging.getLogger('basicsr.compat')
 
 
 def _state_dir(opt):
+    if opt['path'].get('training_states'):  # set by parse_options for training
+        return opt['path']['training_states']
     root = opt.get('root_path') or os.getcwd()
     return osp.join(root, 'experiments', opt['name'], 'training_states')
 
@@ -130,7 +155,26 @@ def load_resume_state(opt):
     return resume_state
 
 
+_orig_load_resume_state = _bsr_train.load_resume_state
 _bsr_train.load_resume_state = load_resume_state
+
+# --- fix 2b: BasicSR's train.py run as __main__ ----------------------------------------------
+_orig_parse_options = _bsr_options.parse_options
+
+
+def parse_options(root_path, is_train=True):
+    """``basicsr.utils.options.parse_options``; called from a copy of basicsr's train.py running
+    as ``__main__`` (``python -m basicsr.train``, ``python basicsr/train.py``), it first replaces
+    that copy's ``load_resume_state`` with :func:`load_resume_state`."""
+    caller = sys._getframe(1).f_globals
+    theirs = caller.get('load_resume_state')
+    if (caller is not vars(_bsr_train) and isinstance(theirs, types.FunctionType)
+            and theirs.__code__.co_code == _orig_load_resume_state.__code__.co_code):
+        caller['load_resume_state'] = load_resume_state
+    return _orig_parse_options(root_path, is_train)
+
+
+_bsr_options.parse_options = parse_options
 
 
 # --- fix 3: DDP on CPU (gloo) ------------------------------------------------------------------
@@ -250,5 +294,6 @@ def filter2D(img, kernel):
 for _mod in (_img_process_util, _realesrgan_model, _realesrnet_model):
     _mod.filter2D = filter2D
 
-APPLIED = ('functional_tensor alias', 'load_resume_state on CPU from root', 'gloo DDP on CPU',
+APPLIED = ('functional_tensor alias', 'load_resume_state on CPU from root', "basicsr's train.py as __main__ resumes",
+           'gloo DDP on CPU',
            'atomic checkpoints + weights_only loads', 'filter2D on non-contiguous input')

@@ -20,10 +20,62 @@ def _python(code, **kw):
 
 
 # 1. torchvision.transforms.functional_tensor -----------------------------------------------
-def test_plain_basicsr_import_is_broken_on_this_torchvision():
-    """The symptom the fix cures (if this starts passing, the fix can go)."""
-    proc = _python('import basicsr')
+CLEAN_ENV = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'HOME': os.environ.get('HOME', '/tmp'),
+             'OMP_NUM_THREADS': '1'}  # no PYTHONPATH: clsr is found as installed (pip install -e)
+SITE = osp.dirname(osp.dirname(torch.__file__))
+
+
+def _clean_python(args, cwd, **env):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=dict(CLEAN_ENV, **env))
+
+
+def test_plain_basicsr_import_is_broken_without_the_hook(tmp_path):
+    """The symptom the hook cures (if this starts passing, torchvision has the module again)."""
+    proc = _clean_python(['-c', 'import basicsr'], tmp_path, CLSR_BASICSR_HOOK='0')
     assert proc.returncode != 0 and 'functional_tensor' in proc.stderr
+
+
+def test_plain_basicsr_import_works_in_a_clean_interpreter(tmp_path):
+    """Issue 24: ``python -c "import basicsr"`` without importing clsr, from any folder; the fixes
+    and clsr's registrations are there afterwards; startup itself imports neither torch nor basicsr."""
+    proc = _clean_python(['-c', textwrap.dedent("""
+        import sys
+        assert 'torch' not in sys.modules and 'basicsr' not in sys.modules, sorted(sys.modules)
+        assert any(type(f).__name__ == 'BasicSRImportHook' for f in sys.meta_path)
+        import basicsr, torch
+        import basicsr.data.degradations as d, basicsr.train
+        from basicsr.utils.registry import ARCH_REGISTRY
+        g = d.rgb_to_grayscale(torch.ones(1, 3, 4, 4))
+        assert g.shape == (1, 1, 4, 4) and abs(float(g.mean()) - 1) < 1e-3
+        assert basicsr.train.load_resume_state.__module__ == 'clsr_arch.compat'
+        assert 'CLSR' in ARCH_REGISTRY
+        print('ok')
+    """)], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.split() == ['ok'], proc.stderr[-3000:]
+
+
+def test_hook_pth_is_installed_and_shipped_by_both_wheels(tmp_path):
+    """site-packages has the repo's .pth (make install = pip install -e); the editable wheel
+    setup.py builds puts it at the wheel root (= site-packages), next to the finder."""
+    import zipfile
+    hook = open(osp.join(REPO, 'clsr_basicsr_hook.pth')).read()
+    assert open(osp.join(SITE, 'clsr_basicsr_hook.pth')).read() == hook
+    assert hook.startswith('import ') and '\n' not in hook.rstrip('\n')  # one line that site.py executes
+    proc = subprocess.run([sys.executable, 'setup.py', '-q', 'editable_wheel', '--dist-dir', str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel, ) = tmp_path.glob('*.whl')
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'clsr_basicsr_hook.pth' in names and zipfile.ZipFile(wheel).read('clsr_basicsr_hook.pth').decode() == hook
+
+
+def test_hook_costs_nothing_at_startup(tmp_path):
+    proc = _clean_python(['-X', 'importtime', '-c', 'pass'], tmp_path)
+    times = {line.split('|')[-1].strip(): int(line.split('|')[1]) for line in proc.stderr.splitlines()
+             if line.startswith('import time:') and line.split('|')[1].strip().isdigit()}
+    assert 'clsr_basicsr_hook' in times and times['clsr_basicsr_hook'] < 20000, times  # us, cumulative
+    assert not {'torch', 'basicsr', 'clsr_arch', 'numpy'} & set(times)
 
 
 def test_basicsr_imports_after_compat():
@@ -77,6 +129,85 @@ def test_explicit_resume_state_loads_without_cuda(tmp_path):
     assert not torch.cuda.is_available()
     state = basicsr.train.load_resume_state(opt)  # basicsr: torch.cuda.current_device() -> error
     assert state['iter'] == 2 and state['optimizers'][0]['param_groups'][0]['lr'] == 1e-3
+
+
+# 2b. BasicSR's own train.py resumes on CPU, clsr never imported by hand --------------------
+STOCK_YML = """
+name: stock_msrresnet
+model_type: SRModel
+scale: 4
+num_gpu: 0
+manual_seed: 0
+datasets:
+  train:
+    name: tiny
+    type: PairedImageDataset
+    dataroot_gt: {gt}
+    dataroot_lq: {lq}
+    filename_tmpl: '{{}}'
+    io_backend: {{type: disk}}
+    gt_size: 32
+    use_hflip: true
+    use_rot: true
+    use_shuffle: true
+    num_worker_per_gpu: 0
+    batch_size_per_gpu: 2
+    dataset_enlarge_ratio: 10
+    prefetch_mode: ~
+network_g: {{type: MSRResNet, num_in_ch: 3, num_out_ch: 3, num_feat: 8, num_block: 1, upscale: 4}}
+path: {{pretrain_network_g: ~, strict_load_g: true, resume_state: ~}}
+train:
+  ema_decay: 0.999
+  optim_g: {{type: Adam, lr: !!float 2e-4, weight_decay: 0, betas: [0.9, 0.99]}}
+  scheduler: {{type: CosineAnnealingRestartLR, periods: [{total}], restart_weights: [1], eta_min: !!float 1e-7}}
+  total_iter: {total}
+  warmup_iter: -1
+  pixel_opt: {{type: L1Loss, loss_weight: 1.0, reduction: mean}}
+logger: {{print_freq: 1, save_checkpoint_freq: 2, use_tb_logger: false, wandb: {{project: ~, resume_id: ~}}}}
+dist_params: {{backend: nccl, port: 29500}}
+"""
+
+
+def test_basicsr_own_train_py_resumes_on_cpu_after_a_kill(tiny_pairs, tmp_path):
+    """BasicSR's train.py, byte for byte, run as a script the way a BasicSR checkout runs it
+    (``python basicsr/train.py -opt X``; ``python -m basicsr.train`` runs the same code as
+    ``__main__``, but roots its experiments in site-packages), in a clean interpreter that
+    never imports clsr by hand: killed (SIGKILL) after its first checkpoint, then resumed with
+    ``--auto_resume`` on CPU -- which BasicSR alone cannot do (``torch.cuda.current_device()``)."""
+    import shutil
+    import signal
+    import time
+    import basicsr
+    checkout = tmp_path / 'BasicSR'
+    (checkout / 'basicsr').mkdir(parents=True)
+    script = checkout / 'basicsr' / 'train.py'
+    shutil.copyfile(osp.join(osp.dirname(basicsr.__file__), 'train.py'), script)
+    opts = {}
+    for total in (400, 8):  # the first run would go on for a while: it is killed
+        opts[total] = tmp_path / f'stock_{total}.yml'
+        opts[total].write_text(STOCK_YML.format(gt=tiny_pairs / 'HR', lq=tiny_pairs / 'LR', total=total))
+    states = checkout / 'experiments' / 'stock_msrresnet' / 'training_states'
+    run = subprocess.Popen([sys.executable, str(script), '-opt', str(opts[400])], cwd=tmp_path, env=CLEAN_ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (states / '2.state').exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    out = run.communicate()[0]
+    assert (states / '2.state').exists(), out[-3000:]
+    done = max(int(p.stem) for p in states.glob('*.state'))
+    assert done < 400
+
+    proc = _clean_python([str(script), '-opt', str(opts[8]), '--auto_resume'], tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert f'Resuming training from epoch: ' in log and f'iter: {done}.' in log, log[-3000:]
+    assert (checkout / 'experiments' / 'stock_msrresnet' / 'models' / 'net_g_latest.pth').exists()
+    if done < 8:
+        assert (states / '8.state').exists()
+    # without the hook BasicSR's script cannot even import basicsr here
+    fail = _clean_python([str(script), '-opt', str(opts[8]), '--auto_resume'], tmp_path, CLSR_BASICSR_HOOK='0')
+    assert fail.returncode != 0 and 'functional_tensor' in fail.stderr
 
 
 # 3. DDP launcher on CPU ------------------------------------------------------------------------
@@ -170,4 +301,4 @@ def test_base_model_loads_are_weights_only_with_clear_errors(tmp_path):
 
 
 def test_compat_lists_its_fixes():
-    assert len(compat.APPLIED) == 5
+    assert len(compat.APPLIED) == 6
