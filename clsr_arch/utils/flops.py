@@ -207,6 +207,9 @@ class CostModel:
         # >= 2 px (CLSR-IMDN-real's roi_pad 4 left the 6x6 probe a -2 px ROI); unchanged up to 2
         grow = 2 * max(0, self.roi_pad - 2)
         sizes = [(h + grow + (-(h + grow)) % m, w + grow + (-(w + grow)) % m) for h, w in self._PROBES]
+        # a size multiple near 2 * roi_pad (CRAFT: 16, roi_pad 4) can leave no ROI inside a probe: grow it by
+        # the multiple until the ROI keeps >= 2 px (sizes of the other backbones unchanged)
+        sizes = [(self._roomy(ph), self._roomy(pw)) for ph, pw in sizes]
         big = max(max(s) for s in sizes) + 2 * self.roi_pad + 2 * m
         with torch.no_grad():
             state = self.net.encode_context(torch.zeros(1, 3, big, big, device='meta'))
@@ -242,6 +245,11 @@ class CostModel:
                         for h, w in ctx_sizes], dtype=np.float64)
         self._ctx = np.linalg.lstsq(ctx_rows, ctx, rcond=None)[0]
         self.fit_error = max(self.fit_error, max(abs(self.context(h, w) - c) / c for (h, w), c in zip(ctx_sizes, ctx)))
+
+    def _roomy(self, side):
+        while side - sum(self._pads(side, side)[1::2]) < 2:
+            side += self.multiple
+        return side
 
     def _pads(self, h, w):
         from clsr_arch.archs.roi import padding_for
