@@ -89,6 +89,19 @@ class LocalSR(MemoryBudgets):
         self._estimates = {}
         self._speed = None
 
+    @classmethod
+    def from_model(cls, path, scale=None, pad='auto', method='auto', clsr=None, **kwargs):
+        """LocalSR of any single-image SR network file spandrel recognises (issue 24;
+        :class:`~clsr_arch.api.spandrel_model.SpandrelLocalSR`, docs/spandrel.md): ``pre_crop``,
+        ``post_crop`` and the planner with it, ``clsr`` when a stage adapter exists for its class.
+        ``pad='auto'``: the smallest real-context pad at which pre-crop is within 0.005 dB PSNR-Y of
+        post-crop on validation crops, measured once and cached by the weights' SHA-256
+        (:mod:`.calibration`); ``method='auto'`` (the images' default): CLSR where it validates above
+        padded pre-crop at equal or lower cost, else padded pre-crop (``last_run['auto']`` says why).
+        ``scale``: the scale asked for; ``clsr``: ``(weights, opt)`` of a CLSR trained over it."""
+        from .spandrel_model import SpandrelLocalSR
+        return SpandrelLocalSR(path, scale=scale, pad=pad, method=method, clsr=clsr, **kwargs)
+
     @staticmethod
     def _device(device):
         if device == 'auto':
