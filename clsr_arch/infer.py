@@ -100,15 +100,29 @@ def check_box(box, lr_hw, name):
                          f'need 0 <= x, x+w <= {W}, 0 <= y, y+h <= {H}')
 
 
-def parse_methods(text, default):
-    """``--methods`` -> (methods in display order, explicitly asked?)."""
+def parse_methods(text, default, auto=False):
+    """``--methods`` -> (methods in display order, explicitly asked?); ``auto``: a --model-path
+    model, whose calibrated ``auto`` is a method too."""
     if text is None:
         return list(default), False
+    known = (('auto', ) if auto else ()) + METHODS
     asked = [m.strip() for m in text.split(',') if m.strip()]
-    unknown = [m for m in asked if m not in METHODS]
+    unknown = [m for m in asked if m not in known]
     if unknown or not asked:
-        raise InferError(f'--methods {text!r}: expected a comma-separated subset of {",".join(METHODS)}')
-    return [m for m in METHODS if m in asked], True
+        raise InferError(f'--methods {text!r}: expected a comma-separated subset of {",".join(known)}')
+    return [m for m in known if m in asked], True
+
+
+def parse_pad(text):
+    if text == 'auto':
+        return 'auto'
+    try:
+        pad = int(text)
+    except ValueError:
+        pad = -1
+    if pad < 0:
+        raise InferError(f"--pad {text!r}: expected 'auto' or LR pixels >= 0")
+    return pad
 
 
 def parse_tile(text):
@@ -153,6 +167,14 @@ def build_parser():
                    help='gain estimator of --propose (default pim: from the context pass)')
     p.add_argument('--max-figure-rois', type=int, default=6, help='--compare: ROIs shown in the figure (all are written)')
     add_model_args(p)
+    p.add_argument('--model-path', metavar='FILE',
+                   help='any single-image SR network file spandrel recognises (.pth/.safetensors: ESRGAN, SwinIR, '
+                        'HAT, CRAFT, ...) instead of --model: pre-crop, post-crop and the planner with it, CLSR when '
+                        'a stage adapter exists for its class; default method auto (docs/spandrel.md)')
+    p.add_argument('--scale', type=int, help='--model-path: the scale you expect (an error if the file is another)')
+    p.add_argument('--pad', default='auto', metavar='auto|N',
+                   help="--model-path: pre-crop's real-context pad; auto (default) calibrates it once per model on "
+                        'validation crops (cached by the weights\' hash)')
     p.add_argument('--base-weights', default='official',
                    help="plain backbone of pre-/post-crop: 'official' (default; CARN-M: the official weights "
                         "in ../shared/data/weights/carn_m.pth, other backbones: the CLSR's base), 'clsr' (the "
@@ -186,11 +208,26 @@ def normalise_argv(argv):
     return out
 
 
-def make_model(args, ranks=None, progress=False):
+def make_model(args, ranks=None, progress=False, say=None):
     from clsr_arch import api
-    weights, opt = api.model_paths(args)
     device = ranks.device(args.device) if ranks else args.device
     threads = ranks.threads(args.threads) if ranks else args.threads
+    if getattr(args, 'model_path', None):
+        for flag, given in (('--weights', args.weights), ('--opt', args.opt)):
+            if given:
+                raise InferError(f'{flag} goes with --model, not with --model-path')
+
+        def calibrating(done, total):
+            if say and done == 1:
+                say(f'calibrating {args.model_path} on {total} validation crops (once per model; cached)')
+        model = api.LocalSR.from_model(args.model_path, scale=args.scale, pad=parse_pad(args.pad), device=device,
+                                       threads=threads, max_memory=args.max_memory, tile=parse_tile(args.tile),
+                                       tile_overlap=args.tile_overlap, progress=progress,
+                                       calibration_progress=calibrating)
+        if say:
+            say(model.describe())
+        return model
+    weights, opt = api.model_paths(args)
     return api.LocalSR(weights, opt, device=device, threads=threads, max_memory=args.max_memory,
                        tile=parse_tile(args.tile), tile_overlap=args.tile_overlap, base_weights=args.base_weights,
                        progress=progress)
@@ -205,13 +242,18 @@ def batch(args, say):
             raise InferError(f'--{flag.replace("_", "-")} goes with --compare')
     if args.grid is not None and args.grid < 1:
         raise InferError(f'--grid {args.grid}: must be >= 1')
-    methods, _ = parse_methods(args.methods, ['clsr'])
+    auto = bool(args.model_path)
+    methods, _ = parse_methods(args.methods, ['auto' if auto else 'clsr'], auto)
     rois = [parse_box(t) for t in args.roi]
-    job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid, methods, args.suffix,
+    # BatchJob checks names against METHODS; 'auto' is resolved per image by a --model-path model
+    # (spandrel_model.AutoMethod), so it is checked as pre_crop and then put back
+    job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid,
+                       ['pre_crop' if m == 'auto' else m for m in methods], args.suffix,
                        args.ext, plan=not args.no_plan, progress=not args.quiet)
+    job.methods = list(methods)
     ranks = api.Ranks().start()
     try:
-        model = make_model(args, ranks, progress=not args.quiet)
+        model = make_model(args, ranks, progress=not args.quiet, say=say if ranks.rank == 0 else None)
         return api.run_batch(job, model, ranks, say=say)
     finally:
         ranks.close()
@@ -241,7 +283,7 @@ def compare(args, say=None):
         raise InferError('give at least one --roi x,y,w,h, --grid N, --propose N or --boxes FILE')
     if args.max_figure_rois < 1:
         raise InferError(f'--max-figure-rois {args.max_figure_rois}: must be >= 1')
-    methods, explicit = parse_methods(args.methods, METHODS)
+    methods, explicit = parse_methods(args.methods, METHODS, bool(args.model_path))
     rois = [parse_box(t) for t in args.roi]
     paths, problems = api.expand_inputs(args.inputs + args.input)
     by_image = {}
@@ -259,7 +301,9 @@ def compare(args, say=None):
         raise InferError('no input image given')
     if len(paths) > 1 and args.hr:
         raise InferError('--hr goes with one input image')
-    model = make_model(args, progress=not args.quiet)
+    model = make_model(args, progress=not args.quiet, say=say)
+    if not explicit and args.model_path and not model.has_clsr:  # no stage adapter: no CLSR row
+        methods = [m for m in methods if m != 'clsr']
     return [compare_image(args, model, path, rois, by_image.get(path, []), methods, explicit, say) for path in paths]
 
 

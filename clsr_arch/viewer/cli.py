@@ -26,6 +26,12 @@ def build_parser():
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default 127.0.0.1: this machine only)')
     p.add_argument('--port', type=int, default=8000)
     add_model_args(p)
+    p.add_argument('--model-path', metavar='FILE',
+                   help='any single-image SR network file spandrel recognises instead of --model; the main pane then '
+                        'shows what method auto runs with it (CLSR or padded pre-crop, docs/spandrel.md)')
+    p.add_argument('--scale', type=int, help='--model-path: the scale you expect (an error if the file is another)')
+    p.add_argument('--pad', default='auto', metavar='auto|N', help="--model-path: pre-crop's real-context pad "
+                   '(default auto: calibrated once per model, cached)')
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int)
     p.add_argument('--max-box', type=int, default=256, help='largest box side in LR pixels (default 256)')
@@ -58,12 +64,29 @@ def make_app(args):
             tile = -1
         if tile < 0:
             raise LocalSRError(f"--tile {args.tile!r}: expected 'auto', 0 (no tiling) or a tile size in LR pixels")
-    model = LocalSR(*model_paths(args), device=args.device, threads=args.threads, max_memory=args.max_memory,
-                    tile=tile)
+    model = load_model(args, tile)
     store = ImageStore(model, cache_bytes=cache, max_pixels=args.max_pixels)
     for path in args.images:
         store.add(path, degrade=args.degrade)
     return create_app(store, max_box=args.max_box, max_upload_bytes=upload)
+
+
+def load_model(args, tile='auto'):
+    """The LocalSR of ``--model``/``--weights``/``--opt``, or of ``--model-path`` (any spandrel
+    network; the viewer's main pane runs its calibrated method auto)."""
+    if not getattr(args, 'model_path', None):
+        return LocalSR(*model_paths(args), device=args.device, threads=args.threads, max_memory=args.max_memory,
+                       tile=tile)
+    pad = args.pad
+    if pad != 'auto':
+        if not pad.isdigit():
+            raise LocalSRError(f"--pad {pad!r}: expected 'auto' or LR pixels >= 0")
+        pad = int(pad)
+    model = LocalSR.from_model(args.model_path, scale=args.scale, pad=pad, device=args.device, threads=args.threads,
+                               max_memory=args.max_memory, tile=tile)
+    model.clsr_alias = 'auto'
+    print(f'clsr-view: {model.describe()}', file=sys.stderr, flush=True)
+    return model
 
 
 def main(argv=None):
