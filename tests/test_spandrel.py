@@ -258,3 +258,16 @@ def test_viewer_model_path(compact_file):
     with model.open(image(30, 30)) as im:
         im.super_resolve([(1, 1, 8, 8)], method='clsr', plan=False)  # the viewer's main pane: auto
         assert im.last_run['auto']['chose'] == 'pre_crop'
+
+
+def test_clsr_craft_training_yaml_builds():
+    shared('weights', 'CRAFT_x4.pth')
+    import os.path as osp
+
+    import yaml
+    from conftest import REPO
+    with open(osp.join(REPO, 'options', 'train', 'CLSR_CRAFT_x4_bicubic497.yml')) as f:
+        opt = yaml.safe_load(f)['network_g']
+    opt['pretrain_backbone'] = osp.join(REPO, opt['pretrain_backbone'])
+    net = build_network(opt)
+    assert type(net.base).__name__ == 'CRAFT' and net.roi_pad == 4 and net.gcm_opt['stage'] == 0
