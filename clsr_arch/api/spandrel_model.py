@@ -179,7 +179,7 @@ def _clsr_around(module, **kwargs):
     if key not in ARCH_REGISTRY:
         def _PrebuiltModule(ref):  # noqa: N802
             return _PREBUILT.pop(ref)
-        ARCH_REGISTRY._do_register(key, _PrebuiltModule)
+        ARCH_REGISTRY.register(_PrebuiltModule)
     _PREBUILT[id(module)] = module
     try:
         return CLSR({'type': key, 'ref': id(module)}, **kwargs)
