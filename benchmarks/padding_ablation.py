@@ -10,10 +10,24 @@ the same ROIs; per-ROI wins against post-crop are counted. LR = MATLAB bicubic x
 docs/padding_ablation.png.
 
     .venv/bin/python benchmarks/padding_ablation.py      # ~6 min on the 2-core CPU
+
+Any network spandrel loads (issue 24, item 3), e.g. CRAFT x4 (``../shared/data/weights/CRAFT_x4.pth``)
+through :func:`clsr_arch.api.spandrel_model.load_sr_model` -- the network LocalSR's pre-/post-crop
+serve: spandrel's size requirements (CRAFT: minimum 16, multiple of 16) are met by reflect padding
+at the bottom/right, so the pad-0 row is the bare 24x24 ROI reflected to 32; pads whose 24 + 2p is a
+multiple of 16 (4, 12, 20, 36) see only real context. CRAFT costs ~1.5 s per ROI crop on the shared
+2-core CPU, so its per-image results are cached (``--cache``) and a run can be resumed or cut
+(``--max-images``); it writes its own section of the doc:
+
+    flock -s /tmp/clsr_bench.lock .venv/bin/python benchmarks/padding_ablation.py --nets CRAFT \
+        --pads 0,4,12 --no-plot
 """
 import argparse
 import glob
+import json
+import os
 import os.path as osp
+import time
 
 import numpy as np
 import torch
@@ -37,16 +51,23 @@ DOC = osp.join(common.REPO, 'docs', 'padding_ablation.md')
 PLOT = osp.join(common.REPO, 'docs', 'padding_ablation.png')
 
 
-def networks():
+def networks(names=('CARN-M', 'IMDN')):
+    nets = {}
+    if 'CRAFT' in names:
+        from clsr_arch.api.spandrel_model import load_sr_model
+        nets['CRAFT'] = load_sr_model(osp.join(SHARED, 'weights', 'CRAFT_x4.pth'), scale=4)
+    if not {'CARN-M', 'IMDN'} & set(names):
+        return nets
     carn = CARN_M(upscale=4)
     carn.load_state_dict(official_carn_m_to_single_scale(
         torch.load(osp.join(SHARED, 'weights', 'carn_m.pth'), map_location='cpu', weights_only=True), 4))
     imdn = IMDN(upscale=4)
     imdn.load_state_dict(backbone_state_dict(osp.join(SHARED, 'weights', 'IMDN_x4.pth'), imdn))
-    return {'CARN-M': carn.eval(), 'IMDN': imdn.eval()}
+    nets.update({'CARN-M': carn.eval(), 'IMDN': imdn.eval()})
+    return {n: nets[n] for n in names}
 
 
-def roi_psnrs(net, hr_path, tile=24):
+def roi_psnrs(net, hr_path, tile=24, pads=PADS):
     """{row: [per-ROI PSNR-Y]} for one image: pre pad p for every p, and post-crop."""
     hr = mod_crop(cv2.imread(hr_path, cv2.IMREAD_COLOR), 4)
     lr = bicubic_lr(hr, 4)
@@ -57,9 +78,9 @@ def roi_psnrs(net, hr_path, tile=24):
     out = {}
     with torch.no_grad():
         post = tensor2img(run_backbone(net, x, 4), rgb2bgr=True)
-        for p in PADS:
-            pads = roi_ops.padding_for(tile, tile, p)
-            pb, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads), boxes, x.shape[-2:])
+        for p in pads:
+            pads_ = roi_ops.padding_for(tile, tile, p)
+            pb, offsets = roi_ops.place_inside(roi_ops.pad_boxes(boxes, pads_), boxes, x.shape[-2:])
             srs = roi_ops.crop_outputs(net(roi_ops.crop(x, pb)), offsets, tile, tile, 4)
             out[f'pre pad {p}'] = [calculate_psnr(tensor2img(s, rgb2bgr=True), hr[4 * b[2]:4 * b[2] + 96, 4 * b[1]:4 * b[1] + 96], 0,
                                                   test_y_channel=True) for s, b in zip(srs, boxes.tolist())]
@@ -68,32 +89,77 @@ def roi_psnrs(net, hr_path, tile=24):
     return out
 
 
+def border_mask(hr_path, tile=24):
+    """Per ROI of :func:`roi_psnrs`'s grid (row-major): whether it lies in the first/last grid
+    row or column (the image border of the LR image post-crop runs on)."""
+    hr = cv2.imread(hr_path, cv2.IMREAD_UNCHANGED)
+    h, w = hr.shape[0] // 4, hr.shape[1] // 4
+    ny, nx = (h - tile) // tile + 1, (w - tile) // tile + 1
+    return [y in (0, ny - 1) or x in (0, nx - 1) for y in range(ny) for x in range(nx)]
+
+
+def cached_roi_psnrs(net, net_name, path, pads, cache):
+    """:func:`roi_psnrs`, the rows already in ``cache`` (a folder; None: no cache) read back."""
+    if cache is None:
+        return roi_psnrs(net, path, pads=pads)
+    f = osp.join(cache, net_name, osp.basename(osp.dirname(osp.dirname(path))), osp.basename(path) + '.json')
+    have = {}
+    if osp.exists(f):
+        with open(f) as fh:
+            have = json.load(fh)
+    missing = [p for p in pads if f'pre pad {p}' not in have]
+    if missing or 'post-crop' not in have:
+        have.update(roi_psnrs(net, path, pads=missing))
+        os.makedirs(osp.dirname(f), exist_ok=True)
+        with open(f + '.tmp', 'w') as fh:
+            json.dump(have, fh)
+        os.replace(f + '.tmp', f)
+    return {k: have[k] for k in [f'pre pad {p}' for p in pads] + ['post-crop']}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--quick', action='store_true', help='two Set5 images (tests)')
     p.add_argument('--out', default=DOC)
     p.add_argument('--plot', default=PLOT)
+    p.add_argument('--no-plot', dest='plot', action='store_const', const=None)
+    p.add_argument('--nets', default='CARN-M,IMDN', help='comma list of CARN-M, IMDN, CRAFT')
+    p.add_argument('--pads', default=','.join(map(str, PADS)), help='pre-crop paddings (LR pixels per side)')
+    p.add_argument('--sets', default='Set14,BSD100')
+    p.add_argument('--max-images', type=int, help='first N images of each set (a cut run says so)')
+    p.add_argument('--cache', help='folder of per-image results (resumable runs); default for CRAFT: '
+                   'results/padding_ablation')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    names = tuple(n.strip() for n in args.nets.split(','))
+    pads = tuple(int(v) for v in args.pads.split(','))
+    cache = args.cache or (osp.join(common.REPO, 'results', 'padding_ablation') if 'CRAFT' in names else None)
     sets = ({'Set5': sorted(glob.glob(osp.join(SHARED, 'Set5', 'HR', 'b*.png')))[:2]} if args.quick else
-            {s: sorted(glob.glob(osp.join(SHARED, s, 'HR', '*.png'))) for s in ('Set14', 'BSD100')})
-    nets = networks()
-    rows_all, table = {}, {}
+            {s: sorted(glob.glob(osp.join(SHARED, s, 'HR', '*.png')))[:args.max_images] for s in args.sets.split(',')})
+    nets = networks(names)
+    rows_all, table, splits = {}, {}, {}
     for net_name, net in nets.items():
         for set_name, paths in sets.items():
-            rows = {}
+            rows, border = {}, []
             for path in paths:
-                for k, v in roi_psnrs(net, path).items():
+                border += border_mask(path)
+                t0 = time.perf_counter()
+                for k, v in cached_roi_psnrs(net, net_name, path, pads, cache).items():
                     rows.setdefault(k, []).extend(v)
+                print(f'  {net_name} {set_name} {osp.basename(path)} {time.perf_counter() - t0:.1f} s', flush=True)
             arr = {k: np.array(v) for k, v in rows.items()}
             finite = np.all([np.isfinite(v) for v in arr.values()], axis=0)
             means = {k: float(v[finite].mean()) for k, v in arr.items()}
             wins = {k: int((v[finite] > arr['post-crop'][finite]).sum()) for k, v in arr.items()}
             table[(net_name, set_name)] = (means, wins, int(finite.sum()), int((~finite).sum()))
+            edge = np.array(border)[finite]
+            splits[(net_name, set_name)] = {k: (float(v[finite][edge].mean() - arr['post-crop'][finite][edge].mean()),
+                                                float(v[finite][~edge].mean() - arr['post-crop'][finite][~edge].mean()))
+                                            for k, v in arr.items() if k != 'post-crop'}, int(edge.sum())
             rows_all[(net_name, set_name)] = means
             print(net_name, set_name, {k: round(m, 3) for k, m in means.items()}, flush=True)
-    keys = [f'pre pad {p}' for p in PADS] + ['post-crop']
+    keys = [f'pre pad {p}' for p in pads] + ['post-crop']
     cols = list(table)
     header = ['row'] + [f'{n}, {s} ({table[(n, s)][2]} ROIs)' for n, s in cols]
     body_rows = []
@@ -105,11 +171,20 @@ def main(argv=None):
             cells.append(f'{means[k]:.3f}' + ('' if k == 'post-crop' else f' ({d:+.3f}; {wins[k]}/{n} ROIs above post-crop)'))
         body_rows.append([k] + cells)
     dropped = ', '.join(f'{n} {s}: {table[(n, s)][3]}' for n, s in cols)
-    text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}). '
+    cut = f' First {args.max_images} images of each set only.' if args.max_images else ''
+    text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}).{cut} '
             f'Mean per-ROI PSNR-Y (dB) over the same ROIs in every row; in brackets: minus post-crop, and on how many '
             f'ROIs the row beats post-crop. ROIs dropped for an infinite PSNR in some row: {dropped}.\n\n'
             + common.markdown_table(header, body_rows))
-    common.write_section(args.out, 'padding-ablation', text)
+    if set(names) - {'CARN-M', 'IMDN'}:  # where the difference to post-crop lives (CRAFT, issue 24)
+        text += '\n\nMinus post-crop on the ROIs at the image border (first/last grid row or column) / in the interior:\n\n'
+        text += common.markdown_table(['row'] + [f'{n}, {s_} ({splits[(n, s_)][1]} border / {table[(n, s_)][2] - splits[(n, s_)][1]} '
+                                                 'interior ROIs)' for n, s_ in cols],
+                                      [[k] + [f'{splits[c][0][k][0]:+.3f} / {splits[c][0][k][1]:+.3f}' for c in cols]
+                                       for k in keys if k != 'post-crop'])
+    section = 'padding-ablation' if set(names) <= {'CARN-M', 'IMDN'} else 'padding-ablation-' + '-'.join(
+        n.lower() for n in names)
+    common.write_section(args.out, section, text)
     if args.plot:
         import matplotlib
         matplotlib.use('Agg')
@@ -117,7 +192,7 @@ def main(argv=None):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         for c in cols:
             means = rows_all[c]
-            ax.plot(PADS, [means[f'pre pad {p}'] - means['post-crop'] for p in PADS], marker='o', label=f'{c[0]}, {c[1]}')
+            ax.plot(pads, [means[f'pre pad {p}'] - means['post-crop'] for p in pads], marker='o', label=f'{c[0]}, {c[1]}')
         ax.axhline(0, color='k', lw=0.8)
         ax.set_xlabel('pre-crop padding (LR pixels of real context per side)')
         ax.set_ylabel('PSNR-Y minus post-crop (dB)')
