@@ -195,32 +195,10 @@ def tile_gains(image, hr, boxes, cap=60.):
 
 # ------------------------------------------------------------------------------ proposals
 def propose(image, n, size=48, estimator='pim', stride=None):
-    """The ``n`` non-overlapping ``size x size`` (or ``(w, h)``) boxes of highest estimated gain.
-
-    Candidates every ``stride`` LR pixels (default a quarter of the box); greedy: the best
-    candidate, then the best that overlaps none chosen, ... Returns ``[(x, y, w, h), ...]`` and
-    their scores, best first."""
-    w, h = (size, size) if np.isscalar(size) else size
-    H, W = image.hw
-    if n < 1:
-        raise LocalSRError(f'propose: n must be >= 1, got {n}')
-    if w > W or h > H or w < 1 or h < 1:
-        raise LocalSRError(f'propose: box {w}x{h} does not fit the {W}x{H} LR image')
-    est = estimator if not isinstance(estimator, str) else estimators(image.model, estimator == 'learned')[estimator]
-    stride = stride or max(1, min(w, h) // 4)
-    xs = sorted(set(list(range(0, W - w + 1, stride)) + [W - w]))
-    ys = sorted(set(list(range(0, H - h + 1, stride)) + [H - h]))
-    cands = [(x, y, w, h) for y in ys for x in xs]
-    scores = est.scores(image, cands)
-    chosen, chosen_scores = [], []
-    for i in np.argsort(-scores, kind='stable'):
-        x, y = cands[i][:2]
-        if all(x + w <= cx or cx + w <= x or y + h <= cy or cy + h <= y for cx, cy, _, _ in chosen):
-            chosen.append(cands[i])
-            chosen_scores.append(float(scores[i]))
-            if len(chosen) == n:
-                break
-    return chosen, chosen_scores
+    """Moved to :func:`clsr_arch.proposals.propose` (issue 23: scores, non-maximum suppression,
+    fixed estimators); kept here under its old name and default estimator."""
+    from .proposals import propose as _propose  # proposals imports this module: import on call
+    return _propose(image, n, size, estimator, stride)
 
 
 # ------------------------------------------------------------------------------ selective SR

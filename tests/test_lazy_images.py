@@ -168,8 +168,8 @@ def test_api_on_a_tiled_tiff_equals_the_api_on_the_png(model, zebra_tif):
         assert lazy.context_info['mode'] == 'roi-local'
         with pytest.raises(LocalSRError, match=r'outside the 586x391'):
             lazy.super_resolve([(580, 380, 24, 24)])
-        with pytest.raises(LocalSRError, match='proposals'):
-            lazy.propose(3)
+        boxes, scores = lazy.propose(3, 24, 'gradient')  # issue 23: proposed, not refused (test_proposals.py)
+        assert boxes == whole.propose(3, 24, 'gradient')[0]  # 586x391 fits in memory: level 0, read whole
         assert run['method'] == 'bicubic'
 
 
@@ -204,4 +204,4 @@ def test_viewer_serves_pyramid_tiles_and_sr_of_a_tiled_image(model, zebra_tif):
     got = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     with model.open(ZEBRA) as whole:
         assert_same_uint8(got, whole.super_resolve([(10, 10, 24, 24)], plan=False)[0])
-    assert client.get(f'/api/images/{entry.id}/proposals').status_code == 400
+    assert client.get(f'/api/images/{entry.id}/proposals').status_code == 200  # issue 23: not refused

@@ -18,7 +18,7 @@ from ..archs import roi as roi_ops
 from ..archs.backbone_adapters import run_backbone
 from ..archs.tiling import DiskFeatures
 from ..planner import Piece, composite, plan_boxes
-from ..selective import propose as propose_boxes
+from ..proposals import DEFAULT_ESTIMATOR, propose as propose_boxes
 from ..utils.memory import format_bytes
 from ..whole_image import tile_layout, touched_tiles, whole_image_flops, whole_image_sr
 from .budget import MAX_BATCH, SAFETY
@@ -121,13 +121,14 @@ class Image:
         self.forget_context()
         self.tensor = self.rgb = None
 
-    def propose(self, n, size=48, estimator='pim'):
-        """Where to look: the ``n`` non-overlapping ``size`` (or ``(w, h)``) boxes with the
-        highest estimated SR gain (:func:`clsr_arch.selective.propose`; ``estimator``:
-        ``'pim'`` -- from the context pass, ``'gradient'`` or ``'learned'``). Returns
-        ``(boxes, scores)``, best first."""
+    def propose(self, n, size=48, estimator=DEFAULT_ESTIMATOR, max_overlap=0.):
+        """Where to look: the ``n`` boxes of ``size`` (or ``(w, h)``) LR pixels with the highest
+        estimated SR gain, near-duplicates suppressed (:func:`clsr_arch.proposals.propose`;
+        ``estimator``: ``'cnn'`` -- the gain CNN, default -- ``'pim-detail'`` from the context
+        pass, or today's ``'gradient'``, ``'pim'``, ``'learned'``; ``max_overlap``: largest IoU
+        of two proposals, 0 = disjoint). Returns ``(boxes, scores)``, best first."""
         self._check_open()
-        return propose_boxes(self, n, size, estimator)
+        return propose_boxes(self, n, size, estimator, max_overlap=max_overlap)
 
     # --- how this image's pixels are read (TiledImage reads them region by region)
     def _source(self):

@@ -11,6 +11,7 @@ from ..data.image_io import DataError
 from .budget import WHOLE_TILES
 from .errors import LocalSRError
 from .image import Image
+from ..proposals import DEFAULT_ESTIMATOR, propose_tiled
 
 
 class TiledImage(Image):
@@ -70,10 +71,14 @@ class TiledImage(Image):
             self.lazy.close()
         self.lazy = None
 
-    def propose(self, n, size=48, estimator='pim'):
-        raise LocalSRError(f'{self.name}: proposals score every tile of the image, which a lazily read '
-                           f'{self.hw[1]}x{self.hw[0]} image is opened to avoid; propose on a level of '
-                           'its pyramid opened as an ordinary image, or on a crop')
+    def propose(self, n, size=48, estimator=DEFAULT_ESTIMATOR, max_overlap=0.):
+        """Proposals computed on a pyramid level and refined on the full-resolution tiles only
+        where they land (:func:`clsr_arch.proposals.propose_tiled`, issue 23); level-0 boxes."""
+        self._check_open()
+        try:
+            return propose_tiled(self, n, size, estimator, max_overlap=max_overlap)
+        except DataError as err:
+            raise LocalSRError(str(err)) from None
 
     def read(self, y0, y1, x0, x1, level=0):
         """RGB uint8 pixels of a region of a level (the viewer's pyramid tiles)."""

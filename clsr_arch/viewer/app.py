@@ -20,7 +20,8 @@ from a request -- images are the ones the server was started with or that were u
   ground truth) PSNR-Y, the ground truth's crop when asked for, and ``post_crop_offer``: whether
   post-crop of this box fits the memory budget, its GFLOPs and estimated seconds (issue 23);
 * ``GET /api/images/{id}/sr.png?box=x,y,w,h`` the CLSR PNG as a download;
-* ``GET /api/images/{id}/proposals?n=5&size=48`` where to look (:mod:`clsr_arch.selective`).
+* ``GET /api/images/{id}/proposals?n=5&size=48[&estimator=cnn]`` where to look, with scores
+  (:mod:`clsr_arch.proposals`; tiled images too).
 
 The context pass of each image runs once (on its first CLSR box) and stays cached
 (:class:`.store.ImageStore`); one computation runs at a time (requests of two tabs queue, and
@@ -47,6 +48,7 @@ from ..api import METHODS, LocalSRError, MemoryBudgetError, normalise_boxes, to_
 from ..utils.memory import format_bytes
 from ..whole_image import whole_image_flops
 from ..data.image_io import DataError, decode_bgr8
+from ..proposals import DEFAULT_ESTIMATOR, ESTIMATORS
 from .store import TILE
 from .worker import ComputeWorker
 
@@ -341,22 +343,30 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, worker=None):
         return entry.hr[s * y:s * (y + h), s * x:s * (x + w)]
 
     @app.get('/api/images/{image_id}/proposals')
-    def proposals(image_id: str, n: int = 5, size: int = 48):
-        """Where to look: ``n`` non-overlapping ``size``-pixel boxes of highest estimated SR gain
-        (the PIM's predicted detail, from the context pass the image needs anyway)."""
+    def proposals(image_id: str, n: int = 5, size: int = 48, estimator: str = DEFAULT_ESTIMATOR):
+        """Where to look (issue 23): ``n`` disjoint ``size``-pixel boxes of highest estimated SR
+        gain with their scores (:func:`clsr_arch.proposals.propose`; default the gain CNN). An
+        image read region by region is proposed on a pyramid level, then refined on its
+        full-resolution tiles around what was found (``level`` in the answer)."""
         entry = entry_of(image_id)
         if not 1 <= n <= 50:
             raise ViewerError(400, f'n={n}: ask for 1 to 50 proposals')
         if not 1 <= size <= min(max_box, *entry.hw):
             raise ViewerError(400, f'size={size}: must be 1..{min(max_box, *entry.hw)} for this image')
+        if estimator not in ESTIMATORS:
+            raise ViewerError(400, f'estimator={estimator!r}: expected one of {", ".join(ESTIMATORS)}')
 
         @torch.no_grad()
         def work():
-            store.touch_encoded(entry)
-            return entry.image.propose(n, size, 'pim')
+            if estimator.startswith('pim') and not entry.tiled:
+                store.touch_encoded(entry)  # the context pass, cached for the boxes that follow
+            return entry.image.propose(n, size, estimator)
         with entry.lock, compute:
             boxes, scores = worker.call(work)
-        return {'image': image_id, 'estimator': 'pim', 'boxes': [list(b) for b in boxes], 'scores': scores}
+        out = {'image': image_id, 'estimator': estimator, 'boxes': [list(b) for b in boxes], 'scores': scores}
+        if entry.tiled:
+            out['level'] = entry.image.last_proposal
+        return out
 
     @app.get('/api/images/{image_id}/sr.png')
     def sr_png(image_id: str, box: str):
