@@ -184,18 +184,6 @@ def craft_clsr(craft_file, **kw):
     return build_network(opt).eval()
 
 
-def test_clsr_craft_zero_init_equals_padded_pre_crop(craft_file):
-    net = craft_clsr(craft_file)
-    assert net.roi_pad == 4
-    model = LocalSR(net=net)
-    with model.open(image(40, 44)) as im:
-        boxes = [(0, 0, 24, 24), (10, 12, 13, 9), (20, 16, 24, 24)]
-        clsr = im.super_resolve(boxes, output='tensor', plan=False)
-        pre = im.super_resolve(boxes, method='pre_crop', pad=4, output='tensor')
-    for a, b in zip(clsr, pre):
-        assert torch.allclose(a, b, atol=1e-5)
-
-
 def test_clsr_craft_gradients_reach_gcm_and_pim_and_tiling_matches(craft_file):
     net = craft_clsr(craft_file)
     perturb_context_modules(net, 0.1)
@@ -214,14 +202,18 @@ def test_clsr_craft_gradients_reach_gcm_and_pim_and_tiling_matches(craft_file):
     assert (a - b).abs().max() <= 1e-5
 
 
-def test_from_model_with_an_adapter_builds_clsr(craft_file):
+def test_from_model_with_an_adapter_builds_clsr_equal_to_padded_pre_crop(craft_file):
+    """CLSR-CRAFT at initialisation (zero GCM value projection and PIM fusions) equals pre-crop
+    with its roi_pad, at the image corner, inside and at the far edge, square and not."""
     model = LocalSR.from_model(craft_file, pad=4, method='pre_crop')
     assert model.has_clsr and type(model.net.base).__name__ == 'CRAFT' and model.net.gcm is not None
-    with model.open(image(36, 40)) as im:
-        box = [(6, 6, 20, 18)]
-        c = im.super_resolve(box, method='clsr', output='tensor', plan=False)[0]
-        p = im.super_resolve(box, method='pre_crop', output='tensor')[0]
-    assert torch.allclose(c, p, atol=1e-5)  # untrained GCM/PIM: CLSR is padded pre-crop
+    assert model.net.roi_pad == 4
+    with model.open(image(40, 44)) as im:
+        boxes = [(0, 0, 24, 24), (10, 12, 13, 9), (20, 16, 24, 24)]
+        clsr = im.super_resolve(boxes, method='clsr', output='tensor', plan=False)
+        pre = im.super_resolve(boxes, method='pre_crop', output='tensor')
+    for a, b in zip(clsr, pre):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_real_craft_fixture_loads():
@@ -231,10 +223,6 @@ def test_real_craft_fixture_loads():
     assert sum(p.numel() for p in sr.parameters()) == 753_344
     with pytest.raises(LocalSRError, match=r'CRAFT_x4\.pth: a x4 CRAFT checkpoint, but x2 was asked for'):
         load_sr_model(path, 2)
-    net = build_network({'type': 'CLSR', 'backbone': {'type': 'CRAFT', 'upscale': 4}, 'pretrain_backbone': path,
-                         'adapter_modules': ['clsr_arch.archs.craft_adapter']})
-    for k, v in sr.model.state_dict().items():  # official weights, loaded strictly into the base
-        assert torch.equal(net.base.state_dict()[k], v)
 
 
 # --- the command lines
@@ -271,3 +259,6 @@ def test_clsr_craft_training_yaml_builds():
     opt['pretrain_backbone'] = osp.join(REPO, opt['pretrain_backbone'])
     net = build_network(opt)
     assert type(net.base).__name__ == 'CRAFT' and net.roi_pad == 4 and net.gcm_opt['stage'] == 0
+    official = load_sr_model(opt['pretrain_backbone'], 4).model.state_dict()
+    for k, v in official.items():  # the official weights, loaded strictly into the base
+        assert torch.equal(net.base.state_dict()[k], v)
