@@ -98,11 +98,24 @@ def border_mask(hr_path, tile=24):
     return [y in (0, ny - 1) or x in (0, nx - 1) for y in range(ny) for x in range(nx)]
 
 
+def _cache_file(cache, net_name, path):
+    return osp.join(cache, net_name, osp.basename(osp.dirname(osp.dirname(path))), osp.basename(path) + '.json')
+
+
+def is_cached(net_name, path, pads, cache):
+    f = _cache_file(cache, net_name, path) if cache else None
+    if not f or not osp.exists(f):
+        return False
+    with open(f) as fh:
+        have = json.load(fh)
+    return all(f'pre pad {p}' in have for p in pads) and 'post-crop' in have
+
+
 def cached_roi_psnrs(net, net_name, path, pads, cache):
     """:func:`roi_psnrs`, the rows already in ``cache`` (a folder; None: no cache) read back."""
     if cache is None:
         return roi_psnrs(net, path, pads=pads)
-    f = osp.join(cache, net_name, osp.basename(osp.dirname(osp.dirname(path))), osp.basename(path) + '.json')
+    f = _cache_file(cache, net_name, path)
     have = {}
     if osp.exists(f):
         with open(f) as fh:
@@ -128,6 +141,8 @@ def main(argv=None):
     p.add_argument('--pads', default=','.join(map(str, PADS)), help='pre-crop paddings (LR pixels per side)')
     p.add_argument('--sets', default='Set14,BSD100')
     p.add_argument('--max-images', type=int, help='first N images of each set (a cut run says so)')
+    p.add_argument('--cached-only', action='store_true',
+                   help='use only the images whose rows are all in --cache (a cut run), and say how many')
     p.add_argument('--cache', help='folder of per-image results (resumable runs); default for CRAFT: '
                    'results/padding_ablation')
     args = p.parse_args(argv)
@@ -138,11 +153,15 @@ def main(argv=None):
     sets = ({'Set5': sorted(glob.glob(osp.join(SHARED, 'Set5', 'HR', 'b*.png')))[:2]} if args.quick else
             {s: sorted(glob.glob(osp.join(SHARED, s, 'HR', '*.png')))[:args.max_images] for s in args.sets.split(',')})
     nets = networks(names)
-    rows_all, table, splits = {}, {}, {}
+    rows_all, table, splits, counts = {}, {}, {}, {}
     for net_name, net in nets.items():
         for set_name, paths in sets.items():
             rows, border = {}, []
+            used = 0
             for path in paths:
+                if args.cached_only and not is_cached(net_name, path, pads, cache):
+                    continue
+                used += 1
                 border += border_mask(path)
                 t0 = time.perf_counter()
                 for k, v in cached_roi_psnrs(net, net_name, path, pads, cache).items():
@@ -153,6 +172,7 @@ def main(argv=None):
             means = {k: float(v[finite].mean()) for k, v in arr.items()}
             wins = {k: int((v[finite] > arr['post-crop'][finite]).sum()) for k, v in arr.items()}
             table[(net_name, set_name)] = (means, wins, int(finite.sum()), int((~finite).sum()))
+            counts[(net_name, set_name)] = (used, len(paths))
             edge = np.array(border)[finite]
             splits[(net_name, set_name)] = {k: (float(v[finite][edge].mean() - arr['post-crop'][finite][edge].mean()),
                                                 float(v[finite][~edge].mean() - arr['post-crop'][finite][~edge].mean()))
@@ -172,6 +192,9 @@ def main(argv=None):
         body_rows.append([k] + cells)
     dropped = ', '.join(f'{n} {s}: {table[(n, s)][3]}' for n, s in cols)
     cut = f' First {args.max_images} images of each set only.' if args.max_images else ''
+    if args.cached_only:
+        cut += ' Images with every row measured (a run cut by time): ' + ', '.join(
+            f'{n} {s_}: {u} of {t}' for (n, s_), (u, t) in counts.items()) + '.'
     text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}).{cut} '
             f'Mean per-ROI PSNR-Y (dB) over the same ROIs in every row; in brackets: minus post-crop, and on how many '
             f'ROIs the row beats post-crop. ROIs dropped for an infinite PSNR in some row: {dropped}.\n\n'
