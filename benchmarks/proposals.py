@@ -16,7 +16,7 @@ issue 23) and the fixed ones. ``--figure`` draws the proposals on real photos wi
 truth (docs/proposals.png), to be judged by eye.
 
     flock -s /tmp/clsr_bench.lock .venv/bin/python benchmarks/proposals.py            # ~10 min, 2 CPU threads
-    flock -s /tmp/clsr_bench.lock .venv/bin/python benchmarks/proposals.py --figure-only
+    flock -s /tmp/clsr_bench.lock .venv/bin/python benchmarks/proposals.py --figure-only      # or --diagnose-only
 """
 import argparse
 import glob
@@ -40,7 +40,7 @@ AFTER = ('pim-detail', 'cnn')
 LABELS = {'random': 'random (floor)', 'gradient': 'gradient energy (today)', 'pim': 'PIM detail (today; the viewer\'s)',
           'learned': 'learned CNN (today)', 'pim-detail': 'PIM detail, pattern removed (fixed)',
           'cnn': 'gain CNN, retrained (fixed; the new default)'}
-FIGURE_PHOTOS = ('RealESRGAN_inputs/OST_009.png', 'RealESRGAN_inputs/children-alpha.png', 'RealSRSet/dog.png')
+FIGURE_PHOTOS = ('RealESRGAN_inputs/OST_009.png', 'RealESRGAN_inputs/00017_gray.png', 'RealSRSet/dog.png')
 
 
 def sets(quick=False):
@@ -100,6 +100,37 @@ def table(model, n, quick, log=print):
     return common.markdown_table(header, rows), res
 
 
+def diagnose(model):
+    """Why today's PIM estimate picks flat sky and the top row: the PIM head's response on flat
+    images, and on the DIV2K photo its correlation with brightness / gradient energy, by rows."""
+    from scipy.stats import spearmanr
+    from clsr_arch import selective
+    old, new = selective.PIMResidual(model), P.PIMDetail(model)
+    lines = ['| measurement | today\'s PIM detail | pattern removed (fixed) |', '|---|---|---|']
+    for v in (30, 128, 230):
+        with model.open(np.full((64, 64, 3), v, np.uint8)) as flat:
+            lines.append(f'| mean score on a flat grey image of value {v} (no detail at all) | '
+                         f'{old.score_map(flat).mean():.4f} | {new.score_map(flat).mean():.4f} |')
+    hr = P.load_hr(osp.join(SHARED, 'DIV2K', 'HR', '0004.png'), model.scale)
+    with model.open(P.make_lr(hr, 'area', model.scale)) as image:
+        y = P.luma(image.rgb)
+        g = selective.GradientEnergy().score_map(image)
+        for est, label in ((old, 'old'), (new, 'new')):
+            m = est.score_map(image)
+            if label == 'old':
+                cells = [[f'{spearmanr(m.ravel(), y.ravel())[0]:+.2f}'], [f'{spearmanr(m.ravel(), g.ravel())[0]:+.2f}'],
+                         [f'{m[:2].mean() / m[8:-8].mean():.2f}']]
+            else:
+                for c, v in zip(cells, (spearmanr(m.ravel(), y.ravel())[0], spearmanr(m.ravel(), g.ravel())[0],
+                                        m[:2].mean() / m[8:-8].mean())):
+                    c.append(f'{v:+.2f}' if c is not cells[2] else f'{v:.2f}')
+    names = ('DIV2K photo: Spearman of the per-pixel score with the LR brightness',
+             'DIV2K photo: Spearman with the gradient energy (where the detail is)',
+             'DIV2K photo: mean score of the top 2 LR rows / of the rows 8 px or more from the border')
+    lines += [f'| {n} | {c[0]} | {c[1]} |' for n, c in zip(names, cells)]
+    return '\n'.join(lines)
+
+
 def figure(model, out, estimator='cnn', before='pim', per_photo=(4, 3, 3)):
     """Proposals of the fixed estimator (solid, with scores) and today's viewer's (dashed) on real
     photos of ../shared/data/real, 10 boxes in all."""
@@ -139,9 +170,16 @@ def main(argv=None):
     p.add_argument('--figure', default=FIGURE)
     p.add_argument('--figure-only', action='store_true')
     p.add_argument('--no-figure', action='store_true')
+    p.add_argument('--diagnose-only', action='store_true', help='only the measurements of why today\'s PIM estimate fails')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = LocalSR(*model_paths(args), device='cpu')
+    if not args.figure_only and not args.quick:
+        text = diagnose(model)
+        write_block(args.out, 'proposals-diagnosis', f'Produced by `{common.command_line(__file__, argv)}`.\n\n' + text)
+        print(text)
+    if args.diagnose_only:
+        return 0
     if not args.figure_only:
         body, res = table(model, args.n, args.quick)
         text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}); '
