@@ -11,7 +11,8 @@ measured whole-image PSNR, and what does ``pad='auto'`` / ``method='auto'`` cali
 2. The calibration (``pad='auto'``, ``method='auto'``; :mod:`clsr_arch.api.calibration`) on the
    validation crops, its record printed and cached.
 
-Writes the ``craft-reproduce`` section of docs/spandrel.md.
+Writes the ``craft-reproduce`` and ``craft-calibration`` sections of docs/spandrel.md (``--sets ''``:
+the calibration only, from its cache when there).
 
     flock -s /tmp/clsr_bench.lock .venv/bin/python benchmarks/craft_reproduce.py   # ~25 min, 2 busy cores
 """
@@ -55,7 +56,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     model = LocalSR.from_model(WEIGHTS, scale=4, pad=0, method='pre_crop', device='cpu')
     rows = []
-    for set_name in args.sets.split(','):
+    for set_name in filter(None, args.sets.split(',')):
         t0 = time.perf_counter()
         vals = []
         for path in sorted(glob.glob(osp.join(SHARED, set_name, 'HR', '*.png'))):
@@ -66,10 +67,15 @@ def main(argv=None):
         rows.append([set_name, str(len(vals)), f'{mean:.3f}', f'{ref:.3f}' if ref else '–',
                      f'{mean - ref:+.3f}' if ref else '–', f'{time.perf_counter() - t0:.0f}'])
         print(set_name, rows[-1], flush=True)
-    text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}).\n\n'
-            + common.markdown_table(['set', 'images', 'PSNR-Y through LocalSR.from_model (post-crop of the whole '
-                                     'image)', 'measured with spandrel directly (data README)', 'difference',
-                                     'seconds'], rows))
+    if rows:
+        text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}).\n\n'
+                + common.markdown_table(['set', 'images', 'PSNR-Y through LocalSR.from_model (post-crop of the whole '
+                                         'image)', 'measured with spandrel directly (data README)', 'difference',
+                                         'seconds'], rows))
+        common.write_section(args.out, 'craft-reproduce', text)
+    elif common.read_section(args.out, 'craft-reproduce'):  # --sets '': keep the PSNR table, drop an older
+        old = common.read_section(args.out, 'craft-reproduce')  # script's calibration paragraph (now its own section)
+        common.write_section(args.out, 'craft-reproduce', old.split('\n\nCalibration (')[0])
     if not args.no_calibration:
         t0 = time.perf_counter()
         auto = LocalSR.from_model(WEIGHTS, scale=4, device='cpu',
@@ -78,13 +84,14 @@ def main(argv=None):
         cal_rows = [[k, f'{v:.3f}', f'{v - rec["psnr"]["post_crop"]:+.3f}', f'{rec["gflops"][k]:.3f}',
                      ', '.join(map(str, rec['same_window'].get(k, [])))]
                     for k, v in sorted(rec['psnr'].items(), key=lambda kv: rec['gflops'][kv[0]])]
-        text += ('\n\nCalibration (`LocalSR.from_model(CRAFT_x4.pth)`, pad and method auto; '
-                 f'{time.perf_counter() - t0:.0f} s, {"read from the cache" if rec["cached"] else "measured"}): '
-                 f'{summary(rec)}.\n\n'
-                 + common.markdown_table(['row', 'PSNR-Y (dB)', 'minus post-crop', 'GFLOPs per ROI',
-                                          'pads with this same window'], cal_rows))
+        text = (f'Produced by `{common.command_line(__file__, argv)}`: `LocalSR.from_model(CRAFT_x4.pth)`, pad and '
+                f'method auto ({time.perf_counter() - t0:.0f} s now; '
+                f'{"read from the cache of an earlier run, which measured for " + format(rec["seconds"], ".0f") + " s" if rec["cached"] else "measured"}). '
+                f'{summary(rec)}.\n\n'
+                + common.markdown_table(['row', 'PSNR-Y (dB)', 'minus post-crop', 'GFLOPs per ROI',
+                                         'pads with this same window'], cal_rows))
+        common.write_section(args.out, 'craft-calibration', text)
         print(auto.describe(), flush=True)
-    common.write_section(args.out, 'craft-reproduce', text)
 
 
 if __name__ == '__main__':

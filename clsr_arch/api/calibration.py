@@ -9,12 +9,14 @@ of the 497 training images (every 20th of the sorted list, exactly ``data/prepar
 ``split/val``: 24 images, read from ``../shared/data`` so that a fresh clone needs no prepared
 data). Each image is cropped to a multiple of 4, made LR by MATLAB bicubic x1/4
 (``clsr_arch.data.prep.bicubic_lr``), and the central ``64 x 64`` LR crop is the context; its four
-24x24 ROIs at (8, 8), (32, 8), (8, 32), (32, 32) are the validation ROIs (100 in all).
+24x24 ROIs at (8, 8), (32, 8), (8, 32), (32, 32) are the validation ROIs (80: the 20 images
+whose LR is at least 64 px).
 
 * ``pad``: the smallest of ``PADS`` at which pre-crop (through the API, padded with real context
   and to the network's size multiple) is within ``TOLERANCE`` (0.005 dB) of post-crop in mean
   PSNR-Y (no border crop), else the best pad (``reached`` False). Pads that give the same padded
-  window (the size multiple) are measured once.
+  window (the size multiple) are measured once, as one row named by the smallest; the pad chosen
+  is the largest of its row (:func:`window_pad`: the real context that window had).
 * ``method``: ``'clsr'`` where CLSR (its GCM + PIM trained) validates above the best padded
   pre-crop that costs no more FLOPs per ROI than CLSR does (its decode plus its share of the
   context pass over the four ROIs); ``'pre_crop'`` (with ``pad``) otherwise -- always for a network
@@ -138,7 +140,7 @@ def decide(m, clsr_trained):
     within = [p for p, v in pre if v >= post - TOLERANCE]
     reached = bool(within)
     pad = within[0] if within else max(pre, key=lambda pv: pv[1])[0]
-    pre_at = dict(pre)[pad]
+    pad = window_pad(m, pad)
     if 'clsr' not in psnr:
         why = 'no stage adapter for this network' if not clsr_trained else 'CLSR not measured'
         if clsr_trained is None:
@@ -155,6 +157,14 @@ def decide(m, clsr_trained):
                                       f'pre-crop that costs no more (pad {best_p}: {best_v:.3f} dB)')
     return pad, reached, 'pre_crop', (f'pre-crop with {pad} px: CLSR validates at {c:.3f} dB for {cg:.3f} GFLOPs per '
                                       f'ROI, not above pre-crop at equal or lower cost (pad {best_p}: {best_v:.3f} dB)')
+
+
+def window_pad(m, pad):
+    """The largest candidate pad giving the same padded window as row ``pre pad <pad>`` (rows are
+    named by the smallest): with a size multiple (CRAFT: 16) pads 0, 2 and 4 all crop 32 x 32
+    around a 24 x 24 ROI, i.e. 4 px of real context, and pad 4 keeps that context for ROIs of
+    other sizes too (pad 0 would give a 32 x 32 ROI none)."""
+    return max(m.get('same_window', {}).get(f'pre pad {pad}', [pad]))
 
 
 def calibrate(model, key, clsr_trained, cache_dir=None, limit=None, progress=None, refresh=False):
