@@ -163,8 +163,9 @@ def build_parser():
     p.add_argument('--propose', type=int, metavar='N',
                    help='--compare: add the N non-overlapping boxes with the highest estimated SR gain')
     p.add_argument('--propose-size', type=int, default=48, metavar='S', help='side of proposed boxes (default 48)')
-    p.add_argument('--propose-by', default='pim', choices=('pim', 'gradient', 'learned'),
-                   help='gain estimator of --propose (default pim: from the context pass)')
+    p.add_argument('--propose-by', default='cnn', choices=('cnn', 'pim-detail', 'gradient', 'pim', 'learned'),
+                   help='gain estimator of --propose (default cnn: the retrained gain network, '
+                        'docs/selective.md; pim and learned are the pre-fix estimators, kept for comparison)')
     p.add_argument('--max-figure-rois', type=int, default=6, help='--compare: ROIs shown in the figure (all are written)')
     add_model_args(p)
     p.add_argument('--model-path', metavar='FILE',
