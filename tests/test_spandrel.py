@@ -158,10 +158,6 @@ def test_decide_rules():
     m = {'psnr': {'post_crop': 30.0, 'pre pad 0': 29.8, 'pre pad 4': 29.996, 'pre pad 8': 30.01},
          'gflops': {'pre pad 0': 1., 'pre pad 4': 1.8, 'pre pad 8': 2.8, 'post_crop': 5.}}
     assert calibration.decide(m, None)[:3] == (4, True, "pre_crop")
-    # pads sharing one padded window (a size multiple): the row's largest pad, the real context it had
-    same = {'pre pad 0': [0, 2, 4], 'pre pad 8': [8]}
-    assert calibration.decide({'psnr': {'post_crop': 30.0, 'pre pad 0': 29.999, 'pre pad 8': 30.01},
-                               'gflops': {}, 'same_window': same}, None)[0] == 4
     m['psnr']['clsr'], m['gflops']['clsr'] = 30.02, 2.0  # above every pre-crop costing <= 2.0
     assert calibration.decide(m, True)[2] == 'clsr'
     m['psnr']['clsr'] = 29.99  # below pad 4 at lower cost

@@ -14,9 +14,9 @@ whose LR is at least 64 px).
 
 * ``pad``: the smallest of ``PADS`` at which pre-crop (through the API, padded with real context
   and to the network's size multiple) is within ``TOLERANCE`` (0.005 dB) of post-crop in mean
-  PSNR-Y (no border crop), else the best pad (``reached`` False). Pads that give the same padded
-  window (the size multiple) are measured once, as one row named by the smallest; the pad chosen
-  is the largest of its row (:func:`window_pad`: the real context that window had).
+  PSNR-Y (no border crop), else the best pad (``reached`` False). With a size multiple the extra
+  goes to the right/bottom (``roi.padding_for``; CRAFT: pad 0 crops 24 + 8 there), so every pad
+  is its own window (identical windows would be measured once).
 * ``method``: ``'clsr'`` where CLSR (its GCM + PIM trained) validates above the best padded
   pre-crop that costs no more FLOPs per ROI than CLSR does (its decode plus its share of the
   context pass over the four ROIs); ``'pre_crop'`` (with ``pad``) otherwise -- always for a network
@@ -140,7 +140,6 @@ def decide(m, clsr_trained):
     within = [p for p, v in pre if v >= post - TOLERANCE]
     reached = bool(within)
     pad = within[0] if within else max(pre, key=lambda pv: pv[1])[0]
-    pad = window_pad(m, pad)
     if 'clsr' not in psnr:
         why = 'no stage adapter for this network' if not clsr_trained else 'CLSR not measured'
         if clsr_trained is None:
@@ -157,14 +156,6 @@ def decide(m, clsr_trained):
                                       f'pre-crop that costs no more (pad {best_p}: {best_v:.3f} dB)')
     return pad, reached, 'pre_crop', (f'pre-crop with {pad} px: CLSR validates at {c:.3f} dB for {cg:.3f} GFLOPs per '
                                       f'ROI, not above pre-crop at equal or lower cost (pad {best_p}: {best_v:.3f} dB)')
-
-
-def window_pad(m, pad):
-    """The largest candidate pad giving the same padded window as row ``pre pad <pad>`` (rows are
-    named by the smallest): with a size multiple (CRAFT: 16) pads 0, 2 and 4 all crop 32 x 32
-    around a 24 x 24 ROI, i.e. 4 px of real context, and pad 4 keeps that context for ROIs of
-    other sizes too (pad 0 would give a 32 x 32 ROI none)."""
-    return max(m.get('same_window', {}).get(f'pre pad {pad}', [pad]))
 
 
 def calibrate(model, key, clsr_trained, cache_dir=None, limit=None, progress=None, refresh=False):

@@ -287,9 +287,6 @@ def _make_local_sr_class():
             if pad == 'auto' or method == 'auto':
                 self.calibration = calibrate_model(self, sr.sha256 + key_extra, clsr_trained, calibration_dir,
                                                    calibration_limit, calibration_progress)
-            if self.calibration is not None:  # records made before window_pad named the row's smallest pad
-                from .calibration import window_pad
-                self.calibration['pad'] = window_pad(self.calibration, self.calibration['pad'])
             self.pad = self.calibration['pad'] if pad == 'auto' else int(pad)
             if clsr is None and self.net.roi_pad != self.pad:
                 self.net.roi_pad = self.pad  # CLSR's base (or the planned pre-crop) gets the same context
