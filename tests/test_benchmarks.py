@@ -156,7 +156,7 @@ def test_memory_script_quick(tmp_path):
 def test_params_script_counts_clsr_as_backbone_plus_context_modules(capsys):
     import params
     params.main()
-    rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
+    rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.splitlines()[2:] if r.startswith('|')]
     table = {r[0].strip(): [float(v.strip(' +Mk')) for v in r[1:]] for r in rows}
     assert table['CARN-M'][0] == 0.294  # 294,171: the official CARN-M without its x2/x3 upsamplers
     assert table['IMDN (official x4 layout; not in the paper)'][0] == 0.715  # 715,176 as published

@@ -439,10 +439,12 @@ def _key_name(key):
 def _registered_arch(name):
     """The class BasicSR's ARCH_REGISTRY holds under ``name``, or None."""
     from basicsr.utils.registry import ARCH_REGISTRY
-    try:
-        return ARCH_REGISTRY.get(name)
-    except KeyError:
-        return None
+    # the registry's own get() prints a notice on stdout for the '_basicsr' fallback (breaking
+    # tables scripts print); look both names up quietly instead
+    for key in (name, f'{name}_basicsr'):
+        if key in ARCH_REGISTRY:
+            return ARCH_REGISTRY.get(key)
+    return None
 
 
 ADAPTER_REGISTRY = AdapterRegistry()

@@ -137,7 +137,8 @@ PAPER_BACKBONES = {
              (None, None, None, None)),
     'RRDBNet': ({'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 4, 'num_feat': 64, 'num_block': 23,
                  'num_grow_ch': 32}, (None, None, None, None)),
-    'SRVGGNetCompact': ({'type': 'SRVGGNetCompact', 'num_feat': 64, 'num_conv': 32, 'upscale': 4},
+    # the name BasicSR registers it under (plain 'SRVGGNetCompact' works too, with a notice on stdout)
+    'SRVGGNetCompact': ({'type': 'SRVGGNetCompact_basicsr', 'num_feat': 64, 'num_conv': 32, 'upscale': 4},
                         (None, None, None, None)),
 }
 BSD100_HW, URBAN100_HW = (144, 216), (384, 480)
