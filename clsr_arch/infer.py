@@ -246,12 +246,10 @@ def batch(args, say):
     auto = bool(args.model_path)
     methods, _ = parse_methods(args.methods, ['auto' if auto else 'clsr'], auto)
     rois = [parse_box(t) for t in args.roi]
-    # BatchJob checks names against METHODS; 'auto' is resolved per image by a --model-path model
-    # (spandrel_model.AutoMethod), so it is checked as pre_crop and then put back
-    job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid,
-                       ['pre_crop' if m == 'auto' else m for m in methods], args.suffix,
-                       args.ext, plan=not args.no_plan, progress=not args.quiet)
-    job.methods = list(methods)
+    # 'auto' is resolved per image by a --model-path model (spandrel_model.AutoMethod)
+    job = api.BatchJob(args.inputs + args.input, args.out, args.boxes, rois, args.grid, methods, args.suffix,
+                       args.ext, plan=not args.no_plan, progress=not args.quiet,
+                       extra_methods=('auto', ) if auto else ())
     ranks = api.Ranks().start()
     try:
         model = make_model(args, ranks, progress=not args.quiet, say=say if ranks.rank == 0 else None)

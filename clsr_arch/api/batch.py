@@ -67,12 +67,14 @@ class BatchJob:
     """Which boxes of which images to write where (nothing runs here)."""
 
     def __init__(self, inputs=(), out='results/infer', boxes_file=None, rois=(), grid=None, methods=('clsr',),
-                 suffix='{method}', ext='png', plan=True, progress=False):
+                 suffix='{method}', ext='png', plan=True, progress=False, extra_methods=()):
         if ext != 'auto' and ext not in EXTENSIONS:
             raise LocalSRError(f'--ext {ext!r}: expected auto or one of {", ".join(EXTENSIONS)}')
-        bad = [m for m in methods if m not in METHODS]
+        # extra_methods: what the model itself resolves (a --model-path model's calibrated 'auto')
+        known = tuple(extra_methods) + METHODS
+        bad = [m for m in methods if m not in known]
         if bad or not methods:
-            raise LocalSRError(f'methods {",".join(methods)}: expected some of {", ".join(METHODS)}')
+            raise LocalSRError(f'methods {",".join(methods)}: expected some of {", ".join(known)}')
         if len(methods) > 1 and '{method}' not in suffix:
             raise LocalSRError(f'--suffix {suffix!r}: with several methods it must contain {{method}} '
                                '(one file per box and method)')
