@@ -28,7 +28,6 @@ The fixes here:
   level read whole, then refined on the full-resolution tiles only around what it found.
 """
 import argparse
-import glob
 import os
 import os.path as osp
 import time

@@ -19,7 +19,6 @@ import os
 import os.path as osp
 
 import numpy as np
-import torch
 from torch import nn
 from torch.nn import functional as F
 
