@@ -11,7 +11,7 @@ import sys
 
 from clsr_arch.api.errors import LocalSRError
 from clsr_arch.api.methods import LABELS, METHODS
-from clsr_arch.api.registry import REPO, add_model_args  # noqa: F401  (REPO: the demo's)
+from clsr_arch.api.registry import REPO, add_model_args, auto_or_count  # noqa: F401  (REPO: the demo's)
 
 DEFAULT_OUT = osp.join('results', 'infer')
 
@@ -114,27 +114,11 @@ def parse_methods(text, default, auto=False):
 
 
 def parse_pad(text):
-    if text == 'auto':
-        return 'auto'
-    try:
-        pad = int(text)
-    except ValueError:
-        pad = -1
-    if pad < 0:
-        raise InferError(f"--pad {text!r}: expected 'auto' or LR pixels >= 0")
-    return pad
+    return auto_or_count(text, '--pad', "'auto' or LR pixels >= 0")
 
 
 def parse_tile(text):
-    if text == 'auto':
-        return 'auto'
-    try:
-        tile = int(text)
-    except ValueError:
-        tile = -1
-    if tile < 0:
-        raise InferError(f"--tile {text!r}: expected 'auto', 0 (no tiling) or a tile size in LR pixels")
-    return tile
+    return auto_or_count(text, '--tile', "'auto', 0 (no tiling) or a tile size in LR pixels")
 
 
 def build_parser():

@@ -35,6 +35,21 @@ def add_model_args(parser):
     parser.add_argument('--opt', help="YAML whose network_g builds --weights' network (default: --model's)")
 
 
+def auto_or_count(text, flag, expected):
+    """A command-line value that is ``'auto'`` or an integer >= 0 (``--pad``, ``--tile``);
+    ``LocalSRError`` naming ``flag`` and what was ``expected`` otherwise."""
+    if text == 'auto':
+        return 'auto'
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        from .errors import LocalSRError
+        raise LocalSRError(f'{flag} {text!r}: expected {expected}')
+    return value
+
+
 def model_paths(args):
     """(weights, opt) of ``add_model_args``'s options."""
     weights, opt = SHIPPED[args.model]

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..api import LocalSR, LocalSRError, add_model_args, model_paths
+from ..infer import parse_pad, parse_tile
 from ..utils.memory import parse_bytes
 from .app import create_app
 from .store import ImageStore
@@ -56,14 +57,7 @@ def make_app(args):
         upload, cache = parse_bytes(args.max_upload), parse_bytes(args.cache_memory)
     except ValueError as err:
         raise LocalSRError(str(err)) from None
-    tile = args.tile
-    if tile != 'auto':
-        try:
-            tile = int(tile)
-        except ValueError:
-            tile = -1
-        if tile < 0:
-            raise LocalSRError(f"--tile {args.tile!r}: expected 'auto', 0 (no tiling) or a tile size in LR pixels")
+    tile = parse_tile(args.tile)
     model = load_model(args, tile)
     store = ImageStore(model, cache_bytes=cache, max_pixels=args.max_pixels)
     for path in args.images:
@@ -77,11 +71,7 @@ def load_model(args, tile='auto'):
     if not getattr(args, 'model_path', None):
         return LocalSR(*model_paths(args), device=args.device, threads=args.threads, max_memory=args.max_memory,
                        tile=tile)
-    pad = args.pad
-    if pad != 'auto':
-        if not pad.isdigit():
-            raise LocalSRError(f"--pad {pad!r}: expected 'auto' or LR pixels >= 0")
-        pad = int(pad)
+    pad = parse_pad(args.pad)
     model = LocalSR.from_model(args.model_path, scale=args.scale, pad=pad, device=args.device, threads=args.threads,
                                max_memory=args.max_memory, tile=tile)
     model.clsr_alias = 'auto'
