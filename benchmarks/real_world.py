@@ -6,9 +6,14 @@ context and post-cropped; CLSR-IMDN-real. Sets: Set5/Set14/BSD100 degraded four 
 ``data/make_degraded_sets.py`` (Real-ESRGAN second order, JPEG q30, noise sigma 10, blur sigma
 1.6), 24x24 and 48x48 ROI grids, the whole LR image as context (the paper's protocol, Sec. 4.1).
 
-Suite ``bicubic`` (item 6): the bicubic models retrained on the 497 images against the shipped
-ones (issue 13) and pre-crop of their official bases with 2 and 4 px of context, on the clean
-MATLAB-bicubic LR of the same test sets.
+Suite ``bicubic`` (item 6): the bicubic models retrained on the 497 images (shipped in weights/
+since) against the ones they replaced (issue 13) and pre-crop of their official bases with 2 and
+4 px of context, on the clean MATLAB-bicubic LR of the same test sets. "Today's default" of the
+real suite is that issue-13 CLSR-IMDN too; both issue-13 checkpoints come out of git history
+(``BEFORE_HOW`` below; a missing one is an error that prints the command).
+
+Suite ``craft`` (issue 24, item 4): CLSR-CRAFT against its frozen base's (the official CRAFT's)
+pre-crop with 4 and 12 px of context and post-crop, clean bicubic LR.
 
 Each row runs through BasicSR's test runner (``clsr_arch/test.py`` on a generated YAML, kept
 under ``results/real_world/opts/``), which writes every ROI's PSNR (RGB and Y) and SSIM (Y), no border
@@ -21,6 +26,7 @@ in the suite's marked section (``common.write_section``) and printed.
     bash data/prepare_real_data.sh
     .venv/bin/python benchmarks/real_world.py                  # ~30 min on 2 CPU cores
     .venv/bin/python benchmarks/real_world.py --suite bicubic  # ~15 min
+    .venv/bin/python benchmarks/real_world.py --suite craft --sets Set14,BSD100
 """
 import argparse
 import csv
@@ -44,6 +50,11 @@ ROIS = (24, 48)
 PADS = (0, 2, 4, 12)
 METRICS = ('psnr', 'psnr_y', 'ssim_y')  # SSIM on Y only: RGB SSIM of every ROI doubles the run time
 W = osp.join(REPO, 'weights')
+CANDIDATES = osp.join(REPO, 'results', 'candidates')
+# the bicubic models of issue 13 (4 training images) were replaced in weights/ by the 497-image
+# retrains (issue 21, item 6); they stay in git history
+BEFORE_HOW = ('mkdir -p results/candidates && for m in IMDN CARN_M; do git show '
+              'a1b1075:weights/CLSR_${m}_x4.pth > results/candidates/CLSR_${m}_x4_issue13.pth; done')
 
 
 def _net(yml):
@@ -80,7 +91,7 @@ def bicubic_suite(args):
     targets = {}
     for model, label in (('IMDN', 'IMDN'), ('CARN_M', 'CARN-M')):
         ship, key = _net(f'options/train/CLSR_{model}_x4_ship.yml'), model.lower()
-        shipped = osp.join(W, f'CLSR_{model}_x4.pth')
+        shipped = getattr(args, f'{key}_before')  # the official base is frozen in it: the pad/post rows' base
         for p in (2, 4):
             rows.append((f'{key}_pad{p}', f'{label} pre-crop, {p} px of context', ship, shipped,
                          {'mode': 'pre_crop', 'pre_crop_pad': p}))
@@ -94,7 +105,24 @@ def bicubic_suite(args):
     return (('bicubic', 'clean bicubic'),), rows, targets
 
 
+def craft_suite(args):
+    """CLSR-CRAFT (issue 24, item 4) against pre-crop of its frozen base -- the official CRAFT, bit for
+    bit -- with 4 px of context (the same input size as CLSR's base branch: 24 + 8 = 32, CRAFT's
+    multiple of 16, so all real context; the nearest cost), 12 px (the next real-context size, 48,
+    1.7x the cost) and post-crop, on clean MATLAB-bicubic LR."""
+    net = _net('options/train/CLSR_CRAFT_x4_bicubic497.yml')
+    rows = [('craft_pad4', 'CRAFT pre-crop, 4 px of context', net, args.craft_weights,
+             {'mode': 'pre_crop', 'pre_crop_pad': 4}),
+            ('craft_pad12', 'CRAFT pre-crop, 12 px of context', net, args.craft_weights,
+             {'mode': 'pre_crop', 'pre_crop_pad': 12}),
+            ('craft_post', 'CRAFT post-crop (whole image)', net, args.craft_weights, {'mode': 'post_crop'}),
+            ('craft_clsr', '**CLSR-CRAFT (497 images)**', net, args.craft_weights, {'mode': 'clsr'})]
+    refs = (('craft_post', 'CRAFT post-crop'), ('craft_pad4', 'CRAFT pad 4'), ('craft_pad12', 'CRAFT pad 12'))
+    return (('bicubic', 'clean bicubic'),), rows, {'craft_clsr': refs}
+
+
 SUITES = {'real': (real_suite, 'real-world', 'Real-world models on degraded test sets (issue 21)'),
+          'craft': (craft_suite, 'craft-497', 'CLSR-CRAFT against padded pre-crop of CRAFT (issue 24, item 4)'),
           'bicubic': (bicubic_suite, 'bicubic-497',
                       'Bicubic models retrained on the 497 training images (issue 21, item 6)')}
 
@@ -234,13 +262,19 @@ def main(argv=None):
     p.add_argument('--suite', choices=sorted(SUITES), default='real')
     p.add_argument('--data', default=osp.join(REPO, 'datasets', 'real'))
     p.add_argument('--results', default=osp.join(REPO, 'results'))
-    p.add_argument('--default-weights', default=osp.join(W, 'CLSR_IMDN_x4.pth'))
+    p.add_argument('--default-weights', default=osp.join(CANDIDATES, 'CLSR_IMDN_x4_issue13.pth'),
+                   help="today's default of issue 21: the bicubic CLSR-IMDN of issue 13 (" + BEFORE_HOW + ')')
     p.add_argument('--base-weights', default=osp.join(W, 'IMDN_real_x4.pth'))
     p.add_argument('--clsr-weights', default=osp.join(W, 'CLSR_IMDN_real_x4.pth'))
-    p.add_argument('--imdn-497', default=osp.join(REPO, 'results', 'candidates', 'CLSR_IMDN_x4_bicubic497.pth'),
-                   help='the retrained CLSR-IMDN (bicubic suite)')
-    p.add_argument('--carn_m-497', dest='carn_m_497',
-                   default=osp.join(REPO, 'results', 'candidates', 'CLSR_CARN_M_x4_bicubic497.pth'))
+    p.add_argument('--imdn-497', default=osp.join(W, 'CLSR_IMDN_x4.pth'),
+                   help='the retrained CLSR-IMDN (bicubic suite; shipped since issue 21)')
+    p.add_argument('--carn_m-497', dest='carn_m_497', default=osp.join(W, 'CLSR_CARN_M_x4.pth'))
+    p.add_argument('--imdn-before', dest='imdn_before', default=osp.join(CANDIDATES, 'CLSR_IMDN_x4_issue13.pth'),
+                   help='the bicubic CLSR-IMDN shipped before (issue 13; ' + BEFORE_HOW + ')')
+    p.add_argument('--carn_m-before', dest='carn_m_before',
+                   default=osp.join(CANDIDATES, 'CLSR_CARN_M_x4_issue13.pth'))
+    p.add_argument('--craft-weights', default=osp.join(REPO, 'results', 'candidates', 'CLSR_CRAFT_x4_bicubic497.pth'),
+                   help='CLSR-CRAFT (craft suite; its frozen base is the official CRAFT)')
     p.add_argument('--doc', default=osp.join(REPO, 'docs', 'results.md'))
     p.add_argument('--force', action='store_true', help='rerun rows whose CSVs exist')
     p.add_argument('--rows', help='comma-separated row ids: run only these, write no table')
@@ -266,7 +300,8 @@ def main(argv=None):
                 raise SystemExit(f'real_world: {osp.join(args.data, s, kind)} missing: run bash data/prepare_real_data.sh')
     for _, _, _, weights, _ in rows:
         if weights and not osp.isfile(weights):
-            raise SystemExit(f'real_world: weights {weights} missing')
+            raise SystemExit(f'real_world: weights {weights} missing'
+                             + (f' ({BEFORE_HOW})' if weights.endswith('_issue13.pth') else ''))
     for row, label, net, weights, val in rows:
         status = run_row(row, test_options(row, net, weights, val, args.data, kinds), args.results, args.force)
         print(f'{row:12s} {status}', flush=True)

@@ -13,10 +13,11 @@ SHIPPED = {
     # real photos (compressed, noisy, soft): IMDN fine-tuned on Real-ESRGAN degradations + CLSR (issue 21)
     'clsr-imdn-real': (osp.join(REPO, 'weights', 'CLSR_IMDN_real_x4.pth'),
                        osp.join(REPO, 'options', 'train', 'CLSR_IMDN_real_x4.yml')),
-    # clean MATLAB-bicubic LR (the paper's benchmarks)
-    'clsr-imdn': (osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'), osp.join(REPO, 'options', 'train', 'CLSR_IMDN_x4_ship.yml')),
+    # clean MATLAB-bicubic LR (the paper's benchmarks): the official bases + GCM/PIM trained on the 497 images
+    'clsr-imdn': (osp.join(REPO, 'weights', 'CLSR_IMDN_x4.pth'),
+                  osp.join(REPO, 'options', 'train', 'CLSR_IMDN_x4_bicubic497.yml')),
     'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
-                    osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_ship.yml')),
+                    osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_bicubic497.yml')),
 }
 # the model for a person's real photo: what people bring is JPEG-compressed and noisy, where the
 # bicubic models sharpen blocks and noise (docs/results.md, real-world section)
