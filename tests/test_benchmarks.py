@@ -242,3 +242,37 @@ def test_real_world_tables_compare_rows_over_the_same_rois(tmp_path, monkeypatch
     assert '— 3 ROIs (1 dropped: infinite PSNR in some row)' in md
     assert '| reference | 25.000 |' in md and '| ours | 25.333 |' in md   # means over the 3 finite ROIs
     assert '| S | kind | 24 | +0.333 | +0.333 |' in md and '| 2 / 3 |' in md   # ours wins 2 of the 3
+
+
+@pytest.mark.parametrize('suite', ['real', 'bicubic', 'craft'])
+def test_real_world_suites_build_every_row_and_name_missing_weights(suite, tmp_path, monkeypatch):
+    """Every row of each suite of benchmarks/real_world.py builds its network from the training
+    options it names (CLSR-CRAFT through its adapter module), and a missing checkpoint -- e.g. the
+    issue-13 weights that now live in git history -- stops the run before any row runs, naming
+    the file (and, for those, how to get it)."""
+    import importlib
+
+    import real_world
+    from basicsr.utils.registry import ARCH_REGISTRY
+    monkeypatch.setattr(real_world, 'SETS', real_world.SETS)  # main() rebinds them: restored afterwards
+    monkeypatch.setattr(real_world, 'ROIS', real_world.ROIS)
+    paths = {k: str(tmp_path / f'{k}.pth') for k in ('default_weights', 'base_weights', 'clsr_weights', 'imdn_497',
+                                                     'carn_m_497', 'imdn_before', 'carn_m_before', 'craft_weights')}
+    kinds, rows, targets = real_world.SUITES[suite][0](type('Args', (), paths))
+    assert set(targets) <= {r[0] for r in rows}
+    for _, _, net, _, _ in rows:
+        opt = dict(net)
+        for module in opt.pop('adapter_modules', []):
+            importlib.import_module(module)
+        if opt['type'] == 'CLSR':
+            opt['pretrain_backbone'] = None
+        ARCH_REGISTRY.get(opt.pop('type'))(**opt)
+    for kind, _ in kinds:
+        (tmp_path / 'Set5' / kind).mkdir(parents=True)
+    missing = str(tmp_path / ('CLSR_CRAFT_x4_bicubic497.pth' if suite == 'craft' else 'CLSR_IMDN_x4_issue13.pth'))
+    with pytest.raises(SystemExit) as err:
+        real_world.main(['--suite', suite, '--data', str(tmp_path), '--sets', 'Set5', '--results', str(tmp_path / 'r'),
+                         '--default-weights', missing, '--imdn-before', missing, '--craft-weights', missing])
+    assert f'weights {missing} missing' in str(err.value)
+    assert ('git show a1b1075:weights/' in str(err.value)) == (suite != 'craft')  # how to get the issue-13 ones
+    assert not (tmp_path / 'r').exists()
