@@ -26,7 +26,7 @@ in the suite's marked section (``common.write_section``) and printed.
     bash data/prepare_real_data.sh
     .venv/bin/python benchmarks/real_world.py                  # ~30 min on 2 CPU cores
     .venv/bin/python benchmarks/real_world.py --suite bicubic  # ~15 min
-    .venv/bin/python benchmarks/real_world.py --suite craft --sets Set14,BSD100
+    .venv/bin/python benchmarks/real_world.py --suite craft --sets Set14,BSD100 --rois 24  # ~25 min, alone
 """
 import argparse
 import csv
@@ -179,7 +179,10 @@ def gflops_per_roi(data_root, set_name, kind, roi, rows):
     """Mean GFLOPs to restore one ROI alone, over the set's grid-cropped LR sizes."""
     from clsr_arch.api import bicubic_flops
     from clsr_arch.data.image_io import image_size, list_images
+    from clsr_arch.archs.backbone_adapters import import_adapter_modules
     from clsr_arch.utils.flops import localsr_flops
+    for _, _, net, _, _ in rows:  # a plain backbone row of an adapter's arch (CRAFT) needs it registered
+        import_adapter_modules(net.get('adapter_modules'), 'network_g.adapter_modules')
     lr = osp.join(data_root, set_name, kind, 'X4')
     sizes = []
     for n in list_images(lr):
@@ -281,8 +284,13 @@ def main(argv=None):
     p.add_argument('--sets', default=','.join(SETS),
                    help="test sets under --data (default Set5,Set14,BSD100); 'val' is the validation split, "
                         'which chooses checkpoints (its table goes to stdout only)')
+    p.add_argument('--rois', default=','.join(map(str, ROIS)), help='ROI sizes (LR px), default 24,48')
     args = p.parse_args(argv)
     SETS = tuple(args.sets.split(','))
+    try:
+        ROIS = tuple(int(r) for r in args.rois.split(','))
+    except ValueError:
+        raise SystemExit(f'real_world: --rois {args.rois!r}: expected comma-separated sizes, e.g. 24,48') from None
     validation = 'val' in SETS
     if validation:  # the validation split's 24x24 ROIs, as training validated (some T91 images are < 48 LR px)
         ROIS = (24,)

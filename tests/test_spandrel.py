@@ -262,3 +262,22 @@ def test_clsr_craft_training_yaml_builds():
     official = load_sr_model(opt['pretrain_backbone'], 4).model.state_dict()
     for k, v in official.items():  # the official weights, loaded strictly into the base
         assert torch.equal(net.base.state_dict()[k], v)
+
+
+def test_shipped_clsr_craft_is_found_by_the_weights_it_was_trained_over():
+    """weights/CLSR_CRAFT_x4.pth (issue 24, item 4): loads strictly, its base is the official CRAFT
+    bit for bit (train.fix_base) and its GCM/PIM are trained; LocalSR.from_model(CRAFT_x4.pth) finds
+    it by the file's SHA-256 (registry.TRAINED_CLSR), and clsr=False asks for the untrained one."""
+    from clsr_arch import api
+    path = shared('weights', 'CRAFT_x4.pth')
+    sr = load_sr_model(path, 4)
+    weights, opt = api.TRAINED_CLSR[sr.sha256]
+    net = api.load_network(opt, weights)  # strict
+    base = net.base.state_dict()
+    for k, v in sr.model.state_dict().items():
+        assert torch.equal(base[k], v), k
+    assert net.gcm.to_v.weight.abs().sum() > 0 and all(c.weight.abs().sum() > 0 for c in net.pim.fuse)
+    model = api.LocalSR.from_model(path, pad=4, method='pre_crop', device='cpu')  # no calibration: fast
+    assert model.has_clsr and torch.equal(model.net.gcm.to_v.weight, net.gcm.to_v.weight)
+    untrained = api.LocalSR.from_model(path, pad=4, method='pre_crop', clsr=False, device='cpu')
+    assert untrained.has_clsr and untrained.net.gcm.to_v.weight.abs().sum() == 0

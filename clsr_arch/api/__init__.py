@@ -45,8 +45,8 @@ compare            ``open_compared``, ``run_methods``, ``roi_gflops``: every met
 import importlib
 
 _WHERE = {
-    'registry': ('REPO', 'SHIPPED', 'DEFAULT_MODEL', 'DEFAULT_WEIGHTS', 'DEFAULT_OPT', 'OFFICIAL_CARN_M',
-                 'add_model_args', 'model_paths'),
+    'registry': ('REPO', 'SHIPPED', 'TRAINED_CLSR', 'DEFAULT_MODEL', 'DEFAULT_WEIGHTS', 'DEFAULT_OPT',
+                 'OFFICIAL_CARN_M', 'add_model_args', 'model_paths'),
     'errors': ('LocalSRError', 'MemoryBudgetError'),
     'methods': ('METHODS', 'LABELS', 'bicubic_flops'),
     'inputs': ('load_image', 'normalise_boxes', 'to_uint8', 'degrade', 'grid_boxes'),

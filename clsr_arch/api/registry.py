@@ -19,6 +19,14 @@ SHIPPED = {
     'clsr-carn-m': (osp.join(REPO, 'weights', 'CLSR_CARN_M_x4.pth'),
                     osp.join(REPO, 'options', 'train', 'CLSR_CARN_M_x4_bicubic497.yml')),
 }
+# CLSRs trained over a network people load by file (LocalSR.from_model / --model-path), keyed by the
+# SHA-256 of that network's weights file: their base is those weights, frozen, bit for bit, so the
+# CLSR and the user's pre-/post-crop run the same network (issue 24, item 4; weights/README.md)
+TRAINED_CLSR = {
+    # CRAFT x4 (../shared/data/weights/CRAFT_x4.pth): GCM + PIM on the 497 images, bicubic LR
+    'a3d57001df7e856be6b4e3553d77be3b038609f34db5d41b43c3e6c67756a381': (
+        osp.join(REPO, 'weights', 'CLSR_CRAFT_x4.pth'), osp.join(REPO, 'options', 'train', 'CLSR_CRAFT_x4_bicubic497.yml')),
+}
 # the model for a person's real photo: what people bring is JPEG-compressed and noisy, where the
 # bicubic models sharpen blocks and noise (docs/results.md, real-world section)
 DEFAULT_MODEL = 'clsr-imdn-real'

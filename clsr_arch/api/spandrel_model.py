@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import LocalSRError
+from .registry import TRAINED_CLSR
 
 
 def weights_hash(path, chunk=1 << 20):
@@ -247,7 +248,9 @@ def _make_local_sr_class():
             path: the model file. scale: the scale asked for (an error if the file's differs).
             pad: pre-crop's real-context pad: ``'auto'`` (calibrated, :mod:`.calibration`) or LR pixels.
             method: the images' default: ``'auto'`` (calibrated: CLSR or padded pre-crop) or a method.
-            clsr: ``(weights, opt)`` of a CLSR trained over this network (its base must be the same arch).
+            clsr: ``(weights, opt)`` of a CLSR trained over this network (its base must be the same arch);
+                None (default): the one shipped for exactly this weights file, if any
+                (``registry.TRAINED_CLSR``, by SHA-256: CRAFT x4), else an untrained one; False: untrained.
             calibration_dir: where calibrations are cached (default ``~/.cache/clsr/calibration``,
                 env ``CLSR_CACHE``); calibration_limit: validation images used (tests); progress.
             other keyword arguments: :class:`LocalSR`'s (device, threads, max_memory, tile, ...).
@@ -262,7 +265,11 @@ def _make_local_sr_class():
             if method != 'auto' and method not in METHODS:
                 raise LocalSRError(f'method {method!r}: expected auto or one of {", ".join(METHODS)}')
             sr = load_sr_model(path, scale)
-            if clsr is not None:
+            if clsr is None:  # a CLSR shipped for exactly these weights (registry.TRAINED_CLSR)
+                clsr = TRAINED_CLSR.get(sr.sha256)
+                if clsr is not None and not osp.isfile(clsr[0]):
+                    clsr = None
+            if clsr:
                 weights, opt = clsr
                 net = load_network(opt, weights)
                 if type(net.base) is not type(sr.model):
