@@ -276,8 +276,8 @@ def main(argv=None):
                    help='the bicubic CLSR-IMDN shipped before (issue 13; ' + BEFORE_HOW + ')')
     p.add_argument('--carn_m-before', dest='carn_m_before',
                    default=osp.join(CANDIDATES, 'CLSR_CARN_M_x4_issue13.pth'))
-    p.add_argument('--craft-weights', default=osp.join(REPO, 'results', 'candidates', 'CLSR_CRAFT_x4_bicubic497.pth'),
-                   help='CLSR-CRAFT (craft suite; its frozen base is the official CRAFT)')
+    p.add_argument('--craft-weights', default=osp.join(W, 'CLSR_CRAFT_x4.pth'),
+                   help='CLSR-CRAFT (craft suite; shipped since issue 24; its frozen base is the official CRAFT)')
     p.add_argument('--doc', default=osp.join(REPO, 'docs', 'results.md'))
     p.add_argument('--force', action='store_true', help='rerun rows whose CSVs exist')
     p.add_argument('--rows', help='comma-separated row ids: run only these, write no table')
