@@ -365,7 +365,7 @@ def write_outputs(args, path, tmp, overview, hw, hr, boxes, results, flops, s, m
             info = results[m][1]
             secs = info['box_seconds'][i]  # the box's own (post-crop: the whole image runs for any box)
             rec = {'seconds': secs, 'gflops': flops[m][i]}
-            label_name = f'pre-crop (pad {model.net.roi_pad})' if m == 'pre_crop' else LABELS[m]
+            label_name = f'pre-crop (pad {info["pad"]})' if m == 'pre_crop' else LABELS[m]
             if m == 'clsr' and info.get('plan', {}).get('mode') == 'whole':
                 label_name += ' = whole-image SR (planned)'
             if info.get('tiles'):

@@ -98,6 +98,19 @@ def test_methods_and_their_costs(shipped, zebra_part):
         shipped.open(zebra_part).super_resolve(box, method='sharpen')
 
 
+def test_pre_crop_is_charged_for_the_pad_that_ran(shipped, zebra_part):
+    """roi_gflops (clsr-infer's figure and metrics) charges pre-crop for the pad it ran with, not
+    CLSR's roi_pad: a model from a file whose trained CLSR keeps roi_pad 4 pre-crops at its
+    calibrated pad (CRAFT: 16), and the figure said 'pad 4' beside pad 16's output."""
+    box = (100, 60, 24, 24)
+    with shipped.open(zebra_part) as image:
+        image.super_resolve([box], method='pre_crop', pad=6)
+        run = dict(image.last_run)
+    assert run['pad'] == 6 != shipped.net.roi_pad
+    assert api.roi_gflops(image, 'pre_crop', box, run) == pytest.approx(run['gflops'])
+    assert api.roi_gflops(image, 'pre_crop', box, run) > api.roi_gflops(image, 'pre_crop', box, dict(run, pad=2))
+
+
 def test_tiled_context_under_a_small_budget_equals_the_untiled_pass(zebra, tmp_path):
     """Real image, shipped model: a budget too small for the untiled pass tiles it, and a budget
     too small for the features sends them to disk; outputs equal (<= 1e-5). (Boxes small enough

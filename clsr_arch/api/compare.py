@@ -84,7 +84,7 @@ def roi_gflops(image, method, box, run_info):
         context = local_context_flops(model, hw, [box]) if local else cost.context(*hw)
         return (context + cost.decode(h, w, hw)) / 1e9
     if method == 'pre_crop':
-        ph, pw = cost.padded_size(h, w, hw)
+        ph, pw = cost.padded_size(h, w, hw, run_info.get('pad'))  # the pad that ran
         return cost.base(ph, pw) / 1e9
     if method == 'post_crop':
         return run_info['gflops']

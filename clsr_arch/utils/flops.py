@@ -252,13 +252,14 @@ class CostModel:
             side += self.multiple
         return side
 
-    def _pads(self, h, w):
+    def _pads(self, h, w, pad=None):
         from clsr_arch.archs.roi import padding_for
-        return padding_for(h, w, self.roi_pad, self.multiple)
+        return padding_for(h, w, self.roi_pad if pad is None else pad, self.multiple)
 
-    def padded_size(self, h, w, context_hw):
-        """``(h', w')`` of the crop the base branch runs on for an ``h x w`` ROI (as decode)."""
-        left, top, right, bottom = self._pads(h, w)
+    def padded_size(self, h, w, context_hw, pad=None):
+        """``(h', w')`` of the crop the base branch runs on for an ``h x w`` ROI (as decode), or
+        pre-crop with another ``pad`` (a spandrel model's calibrated pad beside its CLSR's roi_pad)."""
+        left, top, right, bottom = self._pads(h, w, pad)
         ph, pw = h + top + bottom, w + left + right
         if self.multiple == 1:  # roi.place_inside cuts a side longer than the context
             ph, pw = min(ph, context_hw[0]), min(pw, context_hw[1])
