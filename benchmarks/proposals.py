@@ -35,11 +35,13 @@ from clsr_arch.api import LocalSR, add_model_args, model_paths  # noqa: E402
 SHARED = osp.join(common.REPO, '..', 'shared', 'data')
 DOC = osp.join(common.REPO, 'docs', 'selective.md')
 FIGURE = osp.join(common.REPO, 'docs', 'proposals.png')
+GAIN_FIGURE = osp.join(common.REPO, 'docs', 'proposal_gain_map.png')
 BEFORE = ('gradient', 'pim', 'learned')
-AFTER = ('pim-detail', 'cnn')
+AFTER = ('pim-detail', 'cnn', 'map')
 LABELS = {'random': 'random (floor)', 'gradient': 'gradient energy (today)', 'pim': 'PIM detail (today; the viewer\'s)',
           'learned': 'learned CNN (today)', 'pim-detail': 'PIM detail, pattern removed (fixed)',
-          'cnn': 'gain CNN, retrained (fixed; the new default)'}
+          'cnn': 'gain CNN, retrained (fixed)', 'map': 'gain map, per-pixel error maps (fixed)'}
+LABELS[P.DEFAULT_ESTIMATOR] = LABELS[P.DEFAULT_ESTIMATOR][:-1] + '; the default)'
 FIGURE_PHOTOS = ('RealESRGAN_inputs/OST_009.png', 'RealESRGAN_inputs/00017_gray.png', 'RealSRSet/dog.png')
 
 
@@ -100,6 +102,33 @@ def table(model, n, quick, log=print):
     return common.markdown_table(header, rows), res
 
 
+def validation(model, names=('random', 'gradient', 'learned', 'cnn', 'map'), sizes=(24, 48)):
+    """The selection data: the share of the oracle on the validation split (24 images x 3 LR
+    kinds, prepared as the training scripts prepare it), boxes of 24 and 48 px."""
+    items = P.prepare(model, P.split_images()[1], ('bicubic', 'area', 'jpeg'), seed=1, log=lambda m: None)
+    rng = np.random.default_rng(0)
+    ests = {e: P.get_estimator(model, e) for e in names if e != 'random'}
+
+    def scorer(est):
+        def score(lr, cands):
+            if est is None:
+                return rng.random(len(cands))
+            with model.open(lr) as image:
+                return np.asarray(est.scores(image, cands), np.float64)
+        return score
+    rows = []
+    for e in names:
+        kinds = {k: [i for i, it in enumerate(items) if it[4].startswith(k)] for k in ('bicubic', 'area', 'jpeg')}
+        cells = []
+        for size in sizes:
+            for k, idx in kinds.items():
+                sub = [items[i] for i in idx]
+                cells.append(P.share_of_oracle(sub, [scorer(ests.get(e))] * len(sub), size=size))
+        rows.append([LABELS[e]] + [f'{c:.3f}' for c in cells] + [f'**{np.mean(cells):.3f}**'])
+    header = ['validation split (72 LR images)'] + [f'{k}, {s} px' for s in sizes for k in ('bicubic', 'area', 'JPEG')] + ['mean']
+    return common.markdown_table(header, rows)
+
+
 def diagnose(model):
     """Why today's PIM estimate picks flat sky and the top row: the PIM head's response on flat
     images, and on the DIV2K photo its correlation with brightness / gradient energy, by rows."""
@@ -131,7 +160,7 @@ def diagnose(model):
     return '\n'.join(lines)
 
 
-def figure(model, out, estimator='cnn', before='pim', per_photo=(4, 3, 3)):
+def figure(model, out, estimator=P.DEFAULT_ESTIMATOR, before='pim', per_photo=(4, 3, 3)):
     """Proposals of the fixed estimator (solid, with scores) and today's viewer's (dashed) on real
     photos of ../shared/data/real, 10 boxes in all."""
     import matplotlib
@@ -160,6 +189,47 @@ def figure(model, out, estimator='cnn', before='pim', per_photo=(4, 3, 3)):
     plt.close(fig)
 
 
+def gain_figure(model, out, estimator=P.DEFAULT_ESTIMATOR, n=5, size=48, cell=16):
+    """The issue's DIV2K photo (area x1/4, never trained on): the true gain per ``cell`` px cell
+    beside the estimator's, with its top-``n`` proposals (green) and the oracle's (white)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    hr = P.load_hr(osp.join(SHARED, 'DIV2K', 'HR', '0004.png'), model.scale)
+    with model.open(P.make_lr(hr, 'area', model.scale), '0004.png') as image:
+        ep, eb = P.truth(image, hr)
+        est = P.get_estimator(model, estimator)
+        cells = P.candidates(image.hw, cell, cell, cell)
+        true_g = P.box_gains(ep, eb, cells)
+        est_g = np.asarray(est.scores(image, cells), np.float64)
+        boxes, _ = P.propose(image, n, size, est)
+        o_boxes, _ = P.oracle(ep, eb, image.hw, n, size)
+        rgb = image.rgb
+    H, W = rgb.shape[:2]
+
+    def grid(v):
+        m = np.full((H, W), np.nan)
+        for (x, y, w, h), g in zip(cells, v):
+            m[y:y + h, x:x + w] = g
+        return m
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.6))
+    axes[0].imshow(rgb, interpolation='nearest')
+    axes[0].set_title(f'LR ({W}x{H}); green: top-{n} {estimator} proposals, white: top-{n} oracle', fontsize=10)
+    for ax, v, title in ((axes[1], true_g, 'true gain (post-crop - bicubic, dB)'),
+                         (axes[2], est_g, f'estimated gain ({LABELS[estimator]}), dB')):
+        im = ax.imshow(grid(v), cmap='magma', vmin=min(0, np.percentile(true_g, 2)), vmax=np.percentile(true_g, 98))
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        ax.set_title(f'{title}, per {cell} px cell', fontsize=10)
+    for ax in axes:
+        for b, c in [(b, 'white') for b in o_boxes] + [(b, 'lime') for b in boxes]:
+            ax.add_patch(Rectangle((b[0] - .5, b[1] - .5), b[2], b[3], fill=False, ec=c, lw=1.8))
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     add_model_args(p)
@@ -180,6 +250,10 @@ def main(argv=None):
         print(text)
     if args.diagnose_only:
         return 0
+    if not args.figure_only and not args.quick:
+        text = validation(model)
+        write_block(args.out, 'proposals-validation', f'Produced by `{common.command_line(__file__, argv)}`.\n\n' + text)
+        print(text)
     if not args.figure_only:
         body, res = table(model, args.n, args.quick)
         text = (f'Produced by `{common.command_line(__file__, argv)}` ({common.env_line("cpu", args.threads)}); '
@@ -190,7 +264,9 @@ def main(argv=None):
         print(text)
     if not args.no_figure:
         figure(model, args.figure)
-        print(f'figure: {args.figure}')
+        gain_out = osp.join(osp.dirname(osp.abspath(args.figure)), osp.basename(GAIN_FIGURE))
+        gain_figure(model, gain_out)
+        print(f'figures: {args.figure}, {gain_out}')
     return 0
 
 

@@ -10,7 +10,7 @@ import os.path as osp
 import sys
 
 from clsr_arch.api.errors import LocalSRError
-from clsr_arch.api.methods import LABELS, METHODS
+from clsr_arch.api.methods import ESTIMATOR_NAMES, LABELS, METHODS
 from clsr_arch.api.registry import REPO, add_model_args, auto_or_count  # noqa: F401  (REPO: the demo's)
 
 DEFAULT_OUT = osp.join('results', 'infer')
@@ -147,9 +147,10 @@ def build_parser():
     p.add_argument('--propose', type=int, metavar='N',
                    help='--compare: add the N non-overlapping boxes with the highest estimated SR gain')
     p.add_argument('--propose-size', type=int, default=48, metavar='S', help='side of proposed boxes (default 48)')
-    p.add_argument('--propose-by', default='cnn', choices=('cnn', 'pim-detail', 'gradient', 'pim', 'learned'),
-                   help='gain estimator of --propose (default cnn: the retrained gain network, '
-                        'docs/selective.md; pim and learned are the pre-fix estimators, kept for comparison)')
+    p.add_argument('--propose-by', default=ESTIMATOR_NAMES[0], choices=ESTIMATOR_NAMES,
+                   help=f'gain estimator of --propose (default {ESTIMATOR_NAMES[0]}; docs/selective.md compares them: '
+                        'map = per-pixel error maps, cnn = per-box gain network, pim and learned are the '
+                        'pre-fix estimators, kept for comparison)')
     p.add_argument('--max-figure-rois', type=int, default=6, help='--compare: ROIs shown in the figure (all are written)')
     add_model_args(p)
     p.add_argument('--model-path', metavar='FILE',

@@ -37,11 +37,13 @@ import torch
 from torch.nn import functional as F
 
 from .api.errors import LocalSRError
+from .api.methods import ESTIMATOR_NAMES
 from .api.registry import REPO
+from .gain_map import GainMap
 from .selective import (GradientEnergy, LearnedGain, PIMResidual, TileGainNet, box_means, luma, whole_bicubic)
 
 PROPOSAL_WEIGHTS = osp.join(REPO, 'weights', 'proposal_gain.pth')
-DEFAULT_ESTIMATOR = 'cnn'
+DEFAULT_ESTIMATOR = ESTIMATOR_NAMES[0]
 LEVEL_PIXELS = 2 ** 22  # a tiled image is proposed on its finest pyramid level of at most this many pixels
 CAP = 60.  # dB: the PSNR of a box is capped here (flat boxes), as in selective.tile_gains
 
@@ -98,6 +100,7 @@ ESTIMATORS = {
     # fixed
     'pim-detail': lambda model: PIMDetail(model),
     'cnn': lambda model: GainCNN(),
+    'map': lambda model: GainMap(model),
 }
 
 

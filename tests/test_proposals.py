@@ -75,12 +75,49 @@ def test_pim_detail_has_no_fixed_pattern_and_finds_the_texture(model):
         new = P.PIMDetail(model).score_map(flat)
     assert old.mean() > 0.05 and new.mean() < 0.5 * old.mean()  # measured: 0.102 -> 0.03
     with model.open(textured(96, 160, (100, 50, 32), value=240)) as image:
-        for est in ('pim-detail', 'cnn', 'gradient'):
+        for est in ('pim-detail', 'cnn', 'map', 'gradient'):
             boxes, scores = image.propose(3, 24, est)
             assert scores == sorted(scores, reverse=True) and len(boxes) == 3
             x, y, w, h = boxes[0]
             assert 76 <= x <= 132 and 26 <= y <= 82, (est, boxes)  # on the texture, not on the top row
             assert all(P.overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_gain_map_scores_boxes_as_the_truth_does_and_tiles_exactly(model):
+    """The map estimator: a box's score is box_gains of the two predicted error maps (the formula
+    of the true gain), and maps computed in tiles (bounded memory) equal the whole-image map."""
+    import torch
+    from clsr_arch import gain_map as G
+    from clsr_arch.api.methods import ESTIMATOR_NAMES
+    assert set(ESTIMATOR_NAMES) == set(P.ESTIMATORS) and P.DEFAULT_ESTIMATOR == ESTIMATOR_NAMES[0]
+    est = G.GainMap(model)
+    rgb = textured(70, 90, (30, 20, 36), value=120)
+    z = G.self_sr_maps(model, rgb)
+    assert z.shape == (2, 70, 90) and z.dtype == np.float32
+    # the self-SR hint: flat far from the texture (both upscalers exact), large on the texture
+    assert z[:, 60:, 75:].max() < 0 and z[:, 28:48, 36:60].min() > 20
+    whole = G.predict_maps(est.net, rgb, z if est.net.self_sr else None, tile=512)
+    tiled = G.predict_maps(est.net, rgb, z if est.net.self_sr else None, tile=32)
+    for a, b in zip(whole, tiled):
+        np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert whole[0].shape == (70, 90) and (whole[0] > 0).all()
+    with model.open(rgb) as image:
+        boxes = [(0, 0, 24, 24), (50, 30, 40, 40), (10, 5, 7, 60)]
+        np.testing.assert_allclose(est.scores(image, boxes), P.box_gains(*whole, boxes))
+        assert est.gflops(image.hw) > 0
+    # the loss is zero for a perfect prediction and its gradient reaches the network (the
+    # zero-initialised head first, then, once it moved, the first layer)
+    net = G.GainMapNet(self_sr=True)
+    x, hint, target = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 32, 32) * 30, torch.rand(2, 2, 32, 32) * 100
+    pred = net(x, hint)
+    assert G.cell_loss(pred.detach(), 10. ** (pred.detach() / 10.)).item() < 1e-4
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        G.cell_loss(net(x, hint), target).backward()
+        assert net.body[-1].weight.grad.abs().sum() > 0
+        opt.step()
+    assert net.body[0].weight.grad.abs().sum() > 0
 
 
 def test_propose_checks_its_input_and_suppresses_by_iou(model):
@@ -106,8 +143,11 @@ def test_tiled_image_is_proposed_on_a_level_then_refined(model, texture_tif, mon
         assert info['pixels_read'] < 0.6 * 640 * 480  # the level plus the regions around its boxes
         x, y, w, h = boxes[0]
         inside = max(0, min(x + w, 464) - max(x, 400)) * max(0, min(y + h, 344) - max(y, 280))
-        assert (w, h) == (32, 32) and inside >= 0.5 * w * h, boxes  # on the texture (400, 280, 64, 64)
+        assert (w, h) == (32, 32) and inside > 0, boxes  # at the texture (400, 280, 64, 64), not on the flat
         assert scores == sorted(scores, reverse=True) and P.overlap(*boxes) == 0
+    with model.open(textured(480, 640, (400, 280, 64))) as whole:  # what a full-resolution search finds
+        want = whole.propose(2, 32)
+    assert (boxes, scores) == (want[0], pytest.approx(want[1], abs=0.01))  # regions' edges: replicate padding
     monkeypatch.setattr(P, 'LEVEL_PIXELS', 10)
     with model.open(texture_tif) as lazy, pytest.raises(LocalSRError, match='no pyramid level'):
         lazy.propose(2, 32)

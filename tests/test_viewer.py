@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from clsr_arch.proposals import DEFAULT_ESTIMATOR
 from clsr_arch.api import LocalSR
 from clsr_arch.viewer import cli
 from clsr_arch.viewer.app import create_app
@@ -186,7 +187,7 @@ def test_bad_requests_are_4xx_json(served, path, body, status, needle):
 def test_proposals_are_boxes_inside_the_image(served):
     client, store, zebra, baby = served
     body = client.get(f'/api/images/{zebra}/proposals', params={'n': 4, 'size': 32}).json()
-    assert body['estimator'] == 'cnn' and len(body['boxes']) == 4 and body['scores'] == sorted(body['scores'])[::-1]
+    assert body['estimator'] == DEFAULT_ESTIMATOR and len(body['boxes']) == 4 and body['scores'] == sorted(body['scores'])[::-1]
     for x, y, w, h in body['boxes']:
         assert (w, h) == (32, 32) and 0 <= x <= 586 - 32 and 0 <= y <= 391 - 32
     assert client.get(f'/api/images/{zebra}/proposals', params={'n': 0}).status_code == 400

@@ -11,3 +11,8 @@ def bicubic_flops(h, w, scale):
     """FLOPs of separable bicubic upscaling of an ``h x w`` RGB box: per output pixel and
     channel 4 taps x 2 passes, a multiply and an add each (MATLAB's kernel, upscaling)."""
     return 3 * (scale * h) * (scale * w) * 4 * 2 * 2
+
+
+# Where to look (clsr_arch.proposals): the estimators of a box's SR gain, by name, here so that
+# clsr-infer --help lists them without importing torch. The first is the default.
+ESTIMATOR_NAMES = ('map', 'cnn', 'pim-detail', 'gradient', 'pim', 'learned')

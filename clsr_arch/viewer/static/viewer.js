@@ -229,7 +229,7 @@ $('suggest').addEventListener('click', async () => {
     if (state.current !== im) return;
     state.suggestions = body.boxes;
     draw();
-    const what = body.estimator === 'cnn' ? 'estimated gain over bicubic, dB' : `score by ${body.estimator}`;
+    const what = ['cnn', 'map'].includes(body.estimator) ? 'estimated gain over bicubic, dB' : `score by ${body.estimator}`;
     status(`${body.boxes.length} suggested boxes (dashed; ${what}: ${body.scores.map((v) => v.toFixed(2)).join(', ')}): click one to super-resolve it.`);
   } catch (e) {
     message(`suggest where to look: ${e.message}`);
