@@ -8,7 +8,8 @@ post-crop SR and that bicubic will make over its ``s x s`` HR pixels -- the two 
 computed exactly as its true gain is (:func:`~clsr_arch.proposals.box_gains`: mean the two error
 maps over the box, PSNR of each, difference), so any box size and any number of candidates cost
 one pass over the image. The training loss compares estimated and true gains (and PSNRs) on cells
-of 8, 16 and 32 LR pixels, i.e. on what proposals rank, not on single pixels.
+of 8, 16 and 32 LR pixels, i.e. on what proposals rank, not on single pixels, and the order of the
+16 px cells' gains within each crop (:func:`rank_loss`).
 
 ``python -m clsr_arch.gain_map train`` fits it to the shipped model (CLSR-IMDN-real) on the
 training split (LR bicubic / area / area+JPEG, as ``proposals.train``), choosing the checkpoint
@@ -31,6 +32,7 @@ from .utils.flops import count_flops
 MAP_WEIGHTS = osp.join(REPO, 'weights', 'proposal_map.pth')
 HALO = 16  # LR px: more than the receptive field's radius (11), so tiled maps equal whole ones
 CELLS = (8, 16, 32)  # LR px: the cell sizes the loss compares gains on
+RANK_CELL = 16  # LR px: the cells whose order within a crop the rank term compares
 CAP = 60.  # dB, as proposals.CAP
 
 
@@ -148,17 +150,33 @@ def _cell_psnr(mse, k):
     return torch.clamp(10 * torch.log10(255. ** 2 / m.clamp_min(1e-10)), max=CAP)
 
 
-def cell_loss(pred_db, e_true, cells=CELLS):
+def cell_loss(pred_db, e_true, cells=CELLS, rank=1.):
     """L1 between estimated and true gains (and, half-weighted, the two PSNRs) on cells of each
-    size in ``cells`` (stride half a cell). ``pred_db`` ``[B, 2, H, W]``, ``e_true`` the two true
-    MSE maps ``[B, 2, H, W]``."""
+    size in ``cells`` (stride half a cell), plus ``rank`` times :func:`rank_loss` on the
+    :data:`RANK_CELL` cells. ``pred_db`` ``[B, 2, H, W]``, ``e_true`` the two true MSE maps
+    ``[B, 2, H, W]``."""
     e_hat = 10. ** (pred_db / 10.)
     loss = 0.
     for k in cells:
         p_hat, p = _cell_psnr(e_hat, k), _cell_psnr(e_true, k)
         g_hat, g = p_hat[:, 0] - p_hat[:, 1], p[:, 0] - p[:, 1]
         loss = loss + (g_hat - g).abs().mean() + 0.5 * (p_hat - p).abs().mean()
-    return loss / len(cells)
+    loss = loss / len(cells)
+    if rank:
+        p_hat, p = _cell_psnr(e_hat, RANK_CELL), _cell_psnr(e_true, RANK_CELL)
+        loss = loss + rank * rank_loss(p_hat[:, 0] - p_hat[:, 1], p[:, 0] - p[:, 1])
+    return loss
+
+
+def rank_loss(g_hat, g):
+    """What proposals need is the *order* of the gains within an image: over every pair of cells
+    of a crop, a logistic loss on the estimated difference having the true difference's sign,
+    weighted by the size of the true difference (near-ties matter little). ``[B, h, w]`` each."""
+    gh, gt = g_hat.flatten(1), g.flatten(1)
+    dt = gt[:, :, None] - gt[:, None, :]
+    dh = gh[:, :, None] - gh[:, None, :]
+    w = dt.abs()
+    return (w * F.softplus(-torch.sign(dt) * dh)).sum() / w.sum().clamp_min(1e-6)
 
 
 def val_share(net, items, hints=None, sizes=(24, 48)):
@@ -171,11 +189,12 @@ def val_share(net, items, hints=None, sizes=(24, 48)):
     return float(np.mean(shares)), shares
 
 
-def train(model, out=MAP_WEIGHTS, iters=3000, seed=0, crop=64, batch=16, self_sr=False, cache=None, every=1,
+def train(model, out=MAP_WEIGHTS, iters=3000, seed=0, crop=64, batch=16, self_sr=False, rank=1., cache=None, every=1,
           exclude=('0004.png', ), log=print):
     """Fit :class:`GainMapNet` to the true error maps of the training split (random ``crop`` px
     crops, flips and rotations), Adam 2e-3 cosine; every 250 iterations the validation share of
-    the oracle picks the checkpoint. ``exclude``: the DIV2K photo benchmarks/proposals.py measures.
+    the oracle picks the checkpoint. ``rank``: the weight of :func:`rank_loss`. ``exclude``: the
+    DIV2K photo benchmarks/proposals.py measures.
     ``cache``: a .pt file keeping the prepared truth (and self-SR hints) for reruns."""
     from .proposals import prepare, split_images
     torch.manual_seed(seed)
@@ -223,7 +242,7 @@ def train(model, out=MAP_WEIGHTS, iters=3000, seed=0, crop=64, batch=16, self_sr
             batch_t = [t.flip(-1) for t in batch_t]
         batch_t = [torch.rot90(t, int(it // 2 % 4), (2, 3)) for t in batch_t]
         xb, eb_ = batch_t[:2]
-        loss = cell_loss(net(xb, batch_t[2] if self_sr else None), eb_)
+        loss = cell_loss(net(xb, batch_t[2] if self_sr else None), eb_, rank=rank)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -249,11 +268,12 @@ def main(argv=None):
     p.add_argument('--every', type=int, default=1, help='train on every k-th training image (CPU time)')
     p.add_argument('--self-sr', action='store_true',
                    help='also read the self-SR hint (self_sr_maps; measured no better on validation, docs/selective.md)')
+    p.add_argument('--rank', type=float, default=1., help='weight of the rank term of the loss (0: L1 on the gains only)')
     p.add_argument('--threads', type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .api.model import LocalSR
-    train(LocalSR(device='cpu'), args.out, args.iters, self_sr=args.self_sr, cache=args.cache, every=args.every,
+    train(LocalSR(device='cpu'), args.out, args.iters, self_sr=args.self_sr, rank=args.rank, cache=args.cache, every=args.every,
           log=lambda m: print(m, flush=True))
 
 

@@ -110,7 +110,10 @@ def test_gain_map_scores_boxes_as_the_truth_does_and_tiles_exactly(model):
     net = G.GainMapNet(self_sr=True)
     x, hint, target = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 32, 32) * 30, torch.rand(2, 2, 32, 32) * 100
     pred = net(x, hint)
-    assert G.cell_loss(pred.detach(), 10. ** (pred.detach() / 10.)).item() < 1e-4
+    assert G.cell_loss(pred.detach(), 10. ** (pred.detach() / 10.), rank=0).item() < 1e-4
+    g = torch.randn(2, 5, 5)
+    assert G.rank_loss(g, g) < G.rank_loss(-g, g)  # the true order costs less than the reverse
+    assert G.rank_loss(3 * g, g) < G.rank_loss(g, g)  # and the more confidently, the less
     opt = torch.optim.SGD(net.parameters(), 0.1)
     for _ in range(2):
         opt.zero_grad()
@@ -142,12 +145,14 @@ def test_tiled_image_is_proposed_on_a_level_then_refined(model, texture_tif, mon
         assert info['level'] == 1 and info['regions'] == 6
         assert info['pixels_read'] < 0.6 * 640 * 480  # the level plus the regions around its boxes
         x, y, w, h = boxes[0]
-        inside = max(0, min(x + w, 464) - max(x, 400)) * max(0, min(y + h, 344) - max(y, 280))
-        assert (w, h) == (32, 32) and inside > 0, boxes  # at the texture (400, 280, 64, 64), not on the flat
+        near = max(0, min(x + w, 472) - max(x, 392)) * max(0, min(y + h, 352) - max(y, 272))
+        assert (w, h) == (32, 32) and near > 0, boxes  # at the texture (400, 280, 64, 64) +- 8 px, not on the flat
         assert scores == sorted(scores, reverse=True) and P.overlap(*boxes) == 0
     with model.open(textured(480, 640, (400, 280, 64))) as whole:  # what a full-resolution search finds
-        want = whole.propose(2, 32)
-    assert (boxes, scores) == (want[0], pytest.approx(want[1], abs=0.01))  # regions' edges: replicate padding
+        want, want_scores = whole.propose(2, 32)
+    # as good as the full-resolution search, up to near-ties (a region's edge is replicate-padded)
+    assert abs(boxes[0][0] - want[0][0]) <= 8 and abs(boxes[0][1] - want[0][1]) <= 8, (boxes, want)
+    assert scores[0] == pytest.approx(want_scores[0], abs=0.1)
     monkeypatch.setattr(P, 'LEVEL_PIXELS', 10)
     with model.open(texture_tif) as lazy, pytest.raises(LocalSRError, match='no pyramid level'):
         lazy.propose(2, 32)

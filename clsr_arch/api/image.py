@@ -124,9 +124,9 @@ class Image:
     def propose(self, n, size=48, estimator=DEFAULT_ESTIMATOR, max_overlap=0.):
         """Where to look: the ``n`` boxes of ``size`` (or ``(w, h)``) LR pixels with the highest
         estimated SR gain, near-duplicates suppressed (:func:`clsr_arch.proposals.propose`;
-        ``estimator``: ``'cnn'`` -- the gain CNN, default -- ``'pim-detail'`` from the context
-        pass, or today's ``'gradient'``, ``'pim'``, ``'learned'``; ``max_overlap``: largest IoU
-        of two proposals, 0 = disjoint). Returns ``(boxes, scores)``, best first."""
+        ``estimator``: ``'map'`` -- the gain map, default -- ``'cnn'`` the gain CNN,
+        ``'pim-detail'`` from the context pass, or the pre-issue-23 ``'gradient'``, ``'pim'``,
+        ``'learned'``; ``max_overlap``: largest IoU of two proposals, 0 = disjoint). Returns ``(boxes, scores)``, best first."""
         self._check_open()
         return propose_boxes(self, n, size, estimator, max_overlap=max_overlap)
 

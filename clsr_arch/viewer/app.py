@@ -20,7 +20,7 @@ from a request -- images are the ones the server was started with or that were u
   ground truth) PSNR-Y, the ground truth's crop when asked for, and ``post_crop_offer``: whether
   post-crop of this box fits the memory budget, its GFLOPs and estimated seconds (issue 23);
 * ``GET /api/images/{id}/sr.png?box=x,y,w,h`` the CLSR PNG as a download;
-* ``GET /api/images/{id}/proposals?n=5&size=48[&estimator=cnn]`` where to look, with scores
+* ``GET /api/images/{id}/proposals?n=5&size=48[&estimator=map]`` where to look, with scores
   (:mod:`clsr_arch.proposals`; tiled images too).
 
 The context pass of each image runs once (on its first CLSR box) and stays cached
@@ -345,7 +345,7 @@ def create_app(store, max_box=256, max_upload_bytes=20 * 2 ** 20, worker=None):
     @app.get('/api/images/{image_id}/proposals')
     def proposals(image_id: str, n: int = 5, size: int = 48, estimator: str = DEFAULT_ESTIMATOR):
         """Where to look (issue 23): ``n`` disjoint ``size``-pixel boxes of highest estimated SR
-        gain with their scores (:func:`clsr_arch.proposals.propose`; default the gain CNN). An
+        gain with their scores (:func:`clsr_arch.proposals.propose`; default the gain map). An
         image read region by region is proposed on a pyramid level, then refined on its
         full-resolution tiles around what was found (``level`` in the answer)."""
         entry = entry_of(image_id)
