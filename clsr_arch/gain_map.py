@@ -15,7 +15,6 @@ of 8, 16 and 32 LR pixels, i.e. on what proposals rank, not on single pixels, an
 training split (LR bicubic / area / area+JPEG, as ``proposals.train``), choosing the checkpoint
 on the validation split's share of the oracle (boxes of 24 and 48 px); weights/proposal_map.pth.
 """
-import argparse
 import os.path as osp
 import time
 
@@ -196,23 +195,17 @@ def train(model, out=MAP_WEIGHTS, iters=3000, seed=0, crop=64, batch=16, self_sr
     the oracle picks the checkpoint. ``rank``: the weight of :func:`rank_loss`. ``exclude``: the
     DIV2K photo benchmarks/proposals.py measures.
     ``cache``: a .pt file keeping the prepared truth (and self-SR hints) for reruns."""
-    from .proposals import prepare, split_images
+    from .proposals import prepared_truth
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    data = torch.load(cache, weights_only=False) if cache and osp.isfile(cache) else {}
-    if 'train' not in data:
-        train_paths, val_paths = split_images()
-        train_paths = [p for p in train_paths if osp.basename(p) not in exclude][::every]
-        log(f'truth of {len(train_paths)} training and {len(val_paths)} validation images, 3 LR kinds each')
-        data['train'] = prepare(model, train_paths, ('bicubic', 'area', 'jpeg'), seed, log=log)
-        data['val'] = prepare(model, val_paths, ('bicubic', 'area', 'jpeg'), seed + 1, log=log)
+    data = prepared_truth(model, cache, seed, exclude, every, log)
     if self_sr and 'hints_train' not in data:
         log('self-SR hints (the model on each LR image shrunk x%d)' % model.scale)
         for split in ('train', 'val'):
             data['hints_' + split] = [self_sr_maps(model, it[0]) for it in data[split]]
-    if cache:
-        torch.save(data, cache)
+        if cache:
+            torch.save(data, cache)
     tr, va = data['train'], data['val']
     tr_hints = data['hints_train'] if self_sr else [None] * len(tr)
     va_hints = data['hints_val'] if self_sr else None
@@ -260,16 +253,11 @@ def train(model, out=MAP_WEIGHTS, iters=3000, seed=0, crop=64, batch=16, self_sr
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Train the proposals\' gain map for the shipped model (issue 23).')
-    p.add_argument('command', choices=['train'])
-    p.add_argument('--iters', type=int, default=3000)
-    p.add_argument('--out', default=MAP_WEIGHTS)
-    p.add_argument('--cache', help='keep the prepared truth here (a .pt file) for reruns')
-    p.add_argument('--every', type=int, default=1, help='train on every k-th training image (CPU time)')
+    from .proposals import train_args
+    p = train_args('Train the proposals\' gain map for the shipped model (issue 23).', 3000, MAP_WEIGHTS)
     p.add_argument('--self-sr', action='store_true',
                    help='also read the self-SR hint (self_sr_maps; measured no better on validation, docs/selective.md)')
     p.add_argument('--rank', type=float, default=1., help='weight of the rank term of the loss (0: L1 on the gains only)')
-    p.add_argument('--threads', type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from .api.model import LocalSR

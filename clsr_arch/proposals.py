@@ -344,6 +344,35 @@ def share_of_oracle(items, est_scores, n=5, size=24):
     return float(np.mean(got) / np.mean(best))
 
 
+def prepared_truth(model, cache=None, seed=0, exclude=('0004.png', ), every=1, log=print):
+    """``{'train': items, 'val': items}`` (:func:`prepare`, 3 LR kinds) of the training split
+    (``exclude`` left out, every ``every``-th image) and the validation split, read from
+    ``cache`` (a .pt file) when it holds them, else prepared and, with ``cache``, kept there.
+    What the gain estimators are trained and chosen on."""
+    data = torch.load(cache, weights_only=False) if cache and osp.isfile(cache) else {}
+    if 'train' not in data:
+        train_paths, val_paths = split_images()
+        train_paths = [p for p in train_paths if osp.basename(p) not in exclude][::every]
+        log(f'truth of {len(train_paths)} training and {len(val_paths)} validation images, 3 LR kinds each')
+        data['train'] = prepare(model, train_paths, ('bicubic', 'area', 'jpeg'), seed, log=log)
+        data['val'] = prepare(model, val_paths, ('bicubic', 'area', 'jpeg'), seed + 1, log=log)
+        if cache:
+            torch.save(data, cache)
+    return data
+
+
+def train_args(description, iters, out):
+    """The command line shared by the gain estimators' ``train`` commands."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('command', choices=['train'])
+    p.add_argument('--iters', type=int, default=iters)
+    p.add_argument('--out', default=out)
+    p.add_argument('--cache', help='keep the prepared truth here (a .pt file) for reruns')
+    p.add_argument('--every', type=int, default=1, help='train on every k-th training image (CPU time)')
+    p.add_argument('--threads', type=int, default=2)
+    return p
+
+
 def train(model, out=PROPOSAL_WEIGHTS, iters=4000, seed=0, exclude=('0004.png', ), log=print, cache=None, every=1):
     """Fit :class:`TileGainNet` to true box gains of the training split (boxes 16-64 px at random
     positions, LR bicubic / area / area+JPEG), L1; every 250 iterations the validation split's
@@ -351,18 +380,9 @@ def train(model, out=PROPOSAL_WEIGHTS, iters=4000, seed=0, exclude=('0004.png', 
     by benchmarks/proposals.py (the DIV2K photo of the issue), never trained on."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train_paths, val_paths = split_images()
-    train_paths = [p for p in train_paths if osp.basename(p) not in exclude][::every]
     t0 = time.time()
-    if cache and osp.isfile(cache):
-        data = torch.load(cache, weights_only=False)
-        tr, va = data['train'], data['val']
-    else:
-        log(f'truth of {len(train_paths)} training and {len(val_paths)} validation images, 3 LR kinds each')
-        tr = prepare(model, train_paths, ('bicubic', 'area', 'jpeg'), seed, log=log)
-        va = prepare(model, val_paths, ('bicubic', 'area', 'jpeg'), seed + 1, log=log)
-        if cache:
-            torch.save({'train': tr, 'val': va}, cache)
+    data = prepared_truth(model, cache, seed, exclude, every, log)
+    tr, va = data['train'], data['val']
     log(f'{len(tr)} training and {len(va)} validation LR images ({time.time() - t0:.0f} s)')
     net = TileGainNet()
     opt = torch.optim.Adam(net.parameters(), 2e-3)
@@ -412,14 +432,7 @@ def train(model, out=PROPOSAL_WEIGHTS, iters=4000, seed=0, exclude=('0004.png', 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Train the proposals\' gain CNN for a shipped model (issue 23).')
-    p.add_argument('command', choices=['train'])
-    p.add_argument('--iters', type=int, default=4000)
-    p.add_argument('--out', default=PROPOSAL_WEIGHTS)
-    p.add_argument('--cache', help='keep the prepared truth here (a .pt file) for reruns')
-    p.add_argument('--every', type=int, default=1, help='train on every k-th training image (CPU time)')
-    p.add_argument('--threads', type=int, default=2)
-    args = p.parse_args(argv)
+    args = train_args('Train the proposals\' gain CNN for a shipped model (issue 23).', 4000, PROPOSAL_WEIGHTS).parse_args(argv)
     torch.set_num_threads(args.threads)
     from .api.model import LocalSR
     train(LocalSR(device='cpu'), args.out, args.iters, cache=args.cache, every=args.every,
