@@ -22,6 +22,9 @@ The fixes here:
   on boxes of 16-64 px of the *training* split, LR made three ways (MATLAB bicubic, area, area +
   JPEG q50-95), checkpoint chosen on the validation split by the proposals' share of the oracle
   gain (``python -m clsr_arch.proposals train``; weights/proposal_gain.pth);
+* :class:`~clsr_arch.gain_map.GainMap` (``'map'``, the default) -- per-pixel error maps of SR and
+  bicubic predicted by a small fully convolutional network, a box scored by :func:`box_gains` of
+  them (the truth's own formula); trained on the whole training split (:mod:`clsr_arch.gain_map`);
 * :func:`propose` does non-maximum suppression (``max_overlap``, 0 = disjoint boxes) and returns
   every box's score;
 * :func:`propose_tiled` proposes on an image read region by region (gigapixel TIFF): on a pyramid
