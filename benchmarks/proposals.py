@@ -116,9 +116,9 @@ def validation(model, names=('random', 'gradient', 'learned', 'cnn', 'map'), siz
             with model.open(lr) as image:
                 return np.asarray(est.scores(image, cands), np.float64)
         return score
+    kinds = {k: [i for i, it in enumerate(items) if it[4].startswith(k)] for k in ('bicubic', 'area', 'jpeg')}
     rows = []
     for e in names:
-        kinds = {k: [i for i, it in enumerate(items) if it[4].startswith(k)] for k in ('bicubic', 'area', 'jpeg')}
         cells = []
         for size in sizes:
             for k, idx in kinds.items():
